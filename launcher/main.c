@@ -1,0 +1,41 @@
+/* main.c - the tpllm program: dispatch to a subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+};
+
+static const struct command commands[] = {
+    {"inspect", cmd_inspect, "print a GGUF model's architecture, hyperparameters and tensors"},
+    {"synth", cmd_synth, "write a synthetic Llama/Qwen2-style GGUF model with random weights"},
+};
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: tpllm COMMAND [options]   (tpllm COMMAND --help for its options)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-11s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("tpllm %s\n", TPLLM_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "tpllm: unknown command '%s'. Run 'tpllm --help' for the list of commands.\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,84 @@
+/* testutil.c - helpers shared by the unit tests. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+uint64_t tu_seed(void) {
+    const char *s = getenv("TPLLM_TEST_SEED");
+    uint64_t seed = s ? strtoull(s, NULL, 0) : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20));
+    fprintf(stderr, "[testutil] seed %llu (set TPLLM_TEST_SEED to repeat)\n", (unsigned long long)seed);
+    return seed;
+}
+
+void tu_rng_init(tu_rng *r, uint64_t seed) { r->s = seed ? seed : 0x9E3779B97F4A7C15ull; }
+
+uint64_t tu_next(tu_rng *r) {
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 2685821657736338717ull;
+}
+
+float tu_uniform(tu_rng *r, float lo, float hi) {
+    double u = (double)(tu_next(r) >> 11) / (double)(1ull << 53);
+    return (float)(lo + (hi - lo) * u);
+}
+
+float tu_normal(tu_rng *r) {
+    double u1 = ((double)(tu_next(r) >> 11) + 1.0) / ((double)(1ull << 53) + 1.0);
+    double u2 = (double)(tu_next(r) >> 11) / (double)(1ull << 53);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void tu_fill_uniform(tu_rng *r, float *x, size_t n, float lo, float hi) {
+    for (size_t i = 0; i < n; i++) x[i] = tu_uniform(r, lo, hi);
+}
+
+char *tu_tmp_path(const char *suffix) {
+    const char *dir = getenv("TMPDIR");
+    if (!dir) dir = "/tmp";
+    static unsigned counter; /* tests run single-threaded per process */
+    char *p = malloc(4096);
+    snprintf(p, 4096, "%s/tpllm-test-%d-%u%s", dir, (int)getpid(), counter++, suffix ? suffix : "");
+    return p;
+}
+
+char *tu_src_path(const char *rel) {
+    const char *root = getenv("TPLLM_SOURCE_DIR");
+#ifdef TPLLM_SOURCE_DIR
+    if (!root) root = TPLLM_SOURCE_DIR;
+#endif
+    char *p = malloc(4096);
+    snprintf(p, 4096, "%s/%s", root ? root : ".", rel);
+    return p;
+}
+
+void *tu_read_file(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *buf = malloc(n > 0 ? (size_t)n : 1);
+    if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    *size = (size_t)n;
+    return buf;
+}
+
+int tu_write_file(const char *path, const void *buf, size_t size) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(buf, 1, size, f);
+    fclose(f);
+    return w == size ? 0 : -1;
+}

@@ -1,0 +1,24 @@
+/* testutil.h - helpers shared by the unit tests: seeded random data, temp paths, fixtures. */
+#ifndef TPLLM_TESTUTIL_H
+#define TPLLM_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* xorshift64* generator: fresh seed per run unless TPLLM_TEST_SEED is set (printed on failure). */
+typedef struct { uint64_t s; } tu_rng;
+uint64_t tu_seed(void);             /* the run's seed, printed once to stderr */
+void tu_rng_init(tu_rng *r, uint64_t seed);
+uint64_t tu_next(tu_rng *r);
+float tu_uniform(tu_rng *r, float lo, float hi);
+float tu_normal(tu_rng *r);
+void tu_fill_uniform(tu_rng *r, float *x, size_t n, float lo, float hi);
+/* A fresh temporary file path (under $TMPDIR) with the given suffix; caller frees. */
+char *tu_tmp_path(const char *suffix);
+/* Path of a file under the source tree; caller frees. */
+char *tu_src_path(const char *rel);
+/* Read a whole file; caller frees. NULL on failure. */
+void *tu_read_file(const char *path, size_t *size);
+int tu_write_file(const char *path, const void *buf, size_t size);
+
+#endif
