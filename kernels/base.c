@@ -17,13 +17,21 @@ int tp_errf(tp_err *e, int code, const char *fmt, ...) {
 
 int tp_err_wrap(tp_err *e, const char *fmt, ...) {
     if (!e) return TP_EINVAL;
-    char prefix[512], old[sizeof e->msg];
+    char prefix[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    memcpy(old, e->msg, sizeof old);
-    snprintf(e->msg, sizeof e->msg, "%s: %s", prefix, old);
+    if (n < 0) return e->code;
+    size_t plen = strlen(prefix), old = strlen(e->msg);
+    if (plen + 2 >= sizeof e->msg) return e->code;
+    /* shift the old message right to make room for "prefix: " (truncating its end) */
+    size_t keep = TP_MIN(old, sizeof e->msg - 1 - plen - 2);
+    memmove(e->msg + plen + 2, e->msg, keep);
+    e->msg[plen + 2 + keep] = '\0';
+    memcpy(e->msg, prefix, plen);
+    e->msg[plen] = ':';
+    e->msg[plen + 1] = ' ';
     return e->code;
 }
 

@@ -86,9 +86,12 @@ struct kbackend_opts {
 enum ksimd { KSIMD_SCALAR = 0, KSIMD_AVX2 = 1, KSIMD_AVX512 = 2 };
 
 struct kbackend;
+struct memtrack;
 
 struct kops {
     const char *name; /* "cpu" or "cuda" */
+    /* Release the backend's state and the struct kbackend itself. */
+    void (*destroy)(struct kbackend *b);
 
     /* Memory in the backend's space. alloc returns NULL on failure; free(NULL) is a no-op. */
     void *(*alloc)(struct kbackend *b, size_t bytes);
@@ -134,6 +137,8 @@ struct kops {
 struct kbackend {
     const struct kops *ops;
     void *impl;
+    struct memtrack *track; /* the rank's memory tracker (set by the runtime; may be NULL) */
+    size_t workspace_bytes; /* scratch the backend allocated for itself at creation */
 };
 
 /* Create the CPU backend. Returns 0 or a negative status with `e` filled. */

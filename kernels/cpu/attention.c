@@ -1,0 +1,299 @@
+/* attention.c - the CPU backend's paged KV cache ops: storing a step's K/V rows into their
+ * slots (F16 or F32) and grouped-query attention over the paged cache.
+ *
+ * Math, for query token t and head h (kv head g = h / (n_head / n_kv)), over the positions
+ * p in [lo, pos[t]], lo = max(0, pos[t] - window + 1) (0 when window <= 0):
+ *   s_p = scale * q[t][h] . K[slot(p)][g]
+ *   out[t][h] = sum_p e^(s_p - m) V[slot(p)][g] / sum_p e^(s_p - m),  m = max_p s_p
+ *   slot(p) = block_tables[seq[t] * max_blocks + p / block_size] * block_size + p % block_size
+ * Scores go to the calling thread's scratch row of opts.max_ctx floats. A span longer than
+ * that is processed in chunks with the usual online-softmax rescaling (m and the running
+ * sums are corrected by e^(m_old - m_new) when a chunk raises the maximum), so any
+ * context length works; within one chunk it is the plain two-pass softmax. */
+#include "vec.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "../quant.h"
+
+static inline float h2f(uint16_t h) {
+#if defined(__aarch64__)
+    __fp16 f;
+    memcpy(&f, &h, sizeof f);
+    return (float)f;
+#else
+    return fp16_to_f32(h);
+#endif
+}
+
+/* ---- kv_store ---- */
+
+struct kvs_ctx {
+    struct kv_layer *kv;
+    const float *k, *v;
+    const int64_t *slots;
+    int64_t row; /* n_kv * head_dim */
+    int64_t n_slots;
+    bool avx2;
+};
+
+#if CPU_HAVE_X86
+static CPU_AVX2 void f32_to_f16_avx2(uint16_t *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = f32_to_fp16(src[i]);
+}
+#endif
+
+static void f32_to_f16_row(uint16_t *dst, const float *src, int64_t n, bool avx2) {
+#if CPU_HAVE_X86
+    if (avx2) {
+        f32_to_f16_avx2(dst, src, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) dst[i] = f32_to_fp16(src[i]);
+}
+
+static void kvs_rows(void *vctx, int64_t lo, int64_t hi) {
+    const struct kvs_ctx *c = vctx;
+    const int64_t row = c->row;
+    for (int64_t t = lo; t < hi; t++) {
+        int64_t s = c->slots[t];
+        if (s < 0 || s >= c->n_slots) continue;
+        const float *ks = c->k + t * row, *vs = c->v + t * row;
+        if (c->kv->type == DTYPE_F16) {
+            f32_to_f16_row((uint16_t *)c->kv->k + s * row, ks, row, c->avx2);
+            f32_to_f16_row((uint16_t *)c->kv->v + s * row, vs, row, c->avx2);
+        } else {
+            memcpy((float *)c->kv->k + s * row, ks, (size_t)row * sizeof(float));
+            memcpy((float *)c->kv->v + s * row, vs, (size_t)row * sizeof(float));
+        }
+    }
+}
+
+/* Tokens whose slot is negative (padding) or outside the cache are skipped. */
+void cpu_kv_store(struct kbackend *b, struct kv_layer *kv, const float *k, const float *v,
+                  const struct attn_batch *batch) {
+    int64_t row = kv->n_kv * kv->head_dim;
+    if (batch->n_tok <= 0 || row <= 0) return;
+    struct kvs_ctx c = {kv, k, v, batch->slots, row, kv->n_blocks * kv->block_size, cpu_use_avx2(b)};
+    cpu_parallel_for(b, batch->n_tok, TP_MAX(1, 16384 / row), kvs_rows, &c);
+}
+
+/* ---- attention ---- */
+
+struct att_ctx {
+    float *out;
+    const float *q;
+    const struct kv_layer *kv;
+    const struct attn_batch *batch;
+    int64_t n_head, group, window;
+    float scale;
+    float *scores; /* [tasks][chunk] */
+    int64_t chunk;
+    int64_t n_items; /* n_tok * n_head */
+    _Atomic int64_t next;
+    bool avx2;
+};
+
+/* Row of KV head g at position p of the token's sequence, as an element offset. */
+static inline int64_t att_kv_off(const struct kv_layer *kv, const int32_t *bt, int64_t p, int64_t g) {
+    int64_t slot = (int64_t)bt[p / kv->block_size] * kv->block_size + p % kv->block_size;
+    return (slot * kv->n_kv + g) * kv->head_dim;
+}
+
+/* Scalar kernels: q.k and o += w v over one row of the cache. */
+static float dot_scalar(const float *q, const void *k, enum dtype t, int64_t n) {
+    float s = 0.0f;
+    if (t == DTYPE_F16) {
+        const uint16_t *kh = k;
+        for (int64_t i = 0; i < n; i++) s += q[i] * h2f(kh[i]);
+    } else {
+        const float *kf = k;
+        for (int64_t i = 0; i < n; i++) s += q[i] * kf[i];
+    }
+    return s;
+}
+
+static void axpy_scalar(float *o, float w, const void *v, enum dtype t, int64_t n) {
+    if (t == DTYPE_F16) {
+        const uint16_t *vh = v;
+        for (int64_t i = 0; i < n; i++) o[i] += w * h2f(vh[i]);
+    } else {
+        const float *vf = v;
+        for (int64_t i = 0; i < n; i++) o[i] += w * vf[i];
+    }
+}
+
+#if CPU_HAVE_X86
+static CPU_AVX2 float dot_avx2(const float *q, const void *k, enum dtype t, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    float s;
+    if (t == DTYPE_F16) {
+        const uint16_t *kh = k;
+        for (; i + 16 <= n; i += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i))), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8),
+                                 _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i + 8))), a1);
+        }
+        for (; i + 8 <= n; i += 8)
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i))), a0);
+        s = cpu_hsum256(_mm256_add_ps(a0, a1));
+        for (; i < n; i++) s += q[i] * h2f(kh[i]);
+    } else {
+        const float *kf = k;
+        for (; i + 16 <= n; i += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kf + i), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(kf + i + 8), a1);
+        }
+        for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kf + i), a0);
+        s = cpu_hsum256(_mm256_add_ps(a0, a1));
+        for (; i < n; i++) s += q[i] * kf[i];
+    }
+    return s;
+}
+
+static CPU_AVX2 void axpy_avx2(float *o, float w, const void *v, enum dtype t, int64_t n) {
+    const __m256 vw = _mm256_set1_ps(w);
+    int64_t i = 0;
+    if (t == DTYPE_F16) {
+        const uint16_t *vh = v;
+        for (; i + 8 <= n; i += 8) {
+            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + i)));
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(vw, x, _mm256_loadu_ps(o + i)));
+        }
+        for (; i < n; i++) o[i] += w * h2f(vh[i]);
+    } else {
+        const float *vf = v;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(vw, _mm256_loadu_ps(vf + i), _mm256_loadu_ps(o + i)));
+        for (; i < n; i++) o[i] += w * vf[i];
+    }
+}
+
+/* s[j] = e^(s[j] - m) for j < n; returns their sum. */
+static CPU_AVX2 float exp_shift_avx2(float *s, int64_t n, float m) {
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = cpu_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = cpu_hsum256(acc);
+    for (; j < n; j++) {
+        s[j] = expf(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
+}
+#endif
+
+static float exp_shift_scalar(float *s, int64_t n, float m) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = expf(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
+}
+
+static void att_one(const struct att_ctx *c, int64_t item, float *sc) {
+    const struct kv_layer *kv = c->kv;
+    const struct attn_batch *bt = c->batch;
+    const int64_t hd = kv->head_dim;
+    const int64_t t = item / c->n_head, h = item % c->n_head, g = h / c->group;
+    const float *qh = c->q + item * hd;
+    float *oh = c->out + item * hd;
+    const size_t esz = kv->type == DTYPE_F16 ? 2 : 4;
+    const char *kbase = kv->k, *vbase = kv->v;
+    const int32_t *table = bt->block_tables + (int64_t)bt->seq[t] * bt->max_blocks;
+
+    memset(oh, 0, (size_t)hd * sizeof(float));
+    int64_t hi = bt->pos[t];
+    int64_t lo = c->window > 0 ? TP_MAX(0, hi - c->window + 1) : 0;
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t c0 = lo; c0 <= hi; c0 += c->chunk) {
+        int64_t cn = TP_MIN(c->chunk, hi - c0 + 1);
+        float cmax = -INFINITY;
+        for (int64_t j = 0; j < cn; j++) {
+            const void *kp = kbase + (size_t)att_kv_off(kv, table, c0 + j, g) * esz;
+#if CPU_HAVE_X86
+            float s = c->avx2 ? dot_avx2(qh, kp, kv->type, hd) : dot_scalar(qh, kp, kv->type, hd);
+#else
+            float s = dot_scalar(qh, kp, kv->type, hd);
+#endif
+            s *= c->scale;
+            sc[j] = s;
+            cmax = TP_MAX(cmax, s);
+        }
+        if (cmax > m) {
+            if (l > 0.0f) { /* an earlier chunk: bring its sums to the new maximum */
+                float corr = expf(m - cmax);
+                l *= corr;
+                for (int64_t i = 0; i < hd; i++) oh[i] *= corr;
+            }
+            m = cmax;
+        }
+#if CPU_HAVE_X86
+        l += c->avx2 ? exp_shift_avx2(sc, cn, m) : exp_shift_scalar(sc, cn, m);
+#else
+        l += exp_shift_scalar(sc, cn, m);
+#endif
+        for (int64_t j = 0; j < cn; j++) {
+            const void *vp = vbase + (size_t)att_kv_off(kv, table, c0 + j, g) * esz;
+#if CPU_HAVE_X86
+            if (c->avx2) {
+                axpy_avx2(oh, sc[j], vp, kv->type, hd);
+                continue;
+            }
+#endif
+            axpy_scalar(oh, sc[j], vp, kv->type, hd);
+        }
+    }
+    if (l > 0.0f) {
+        float inv = 1.0f / l;
+        for (int64_t i = 0; i < hd; i++) oh[i] *= inv;
+    }
+}
+
+/* Task i of the pool: takes (token, head) items one at a time until none are left, using
+ * scratch row i (task indices are unique within a run, so rows are never shared). */
+static void att_task(void *arg, int64_t i, int64_t n) {
+    struct att_ctx *c = arg;
+    float *sc = c->scores + i * c->chunk;
+    for (;;) {
+        int64_t item = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
+        if (item >= c->n_items) break;
+        att_one(c, item, sc);
+    }
+}
+
+/* A token whose position is negative gets zeros. n_head must be a multiple of kv->n_kv. */
+void cpu_attention(struct kbackend *b, float *out, const float *q, const struct kv_layer *kv,
+                   const struct attn_batch *batch, int64_t n_head, float scale, int64_t window) {
+    if (batch->n_tok <= 0 || n_head <= 0 || kv->head_dim <= 0) return;
+    struct cpu_backend *cb = cpu_impl(b);
+    struct att_ctx c = {
+        .out = out,
+        .q = q,
+        .kv = kv,
+        .batch = batch,
+        .n_head = n_head,
+        .group = kv->n_kv > 0 && n_head >= kv->n_kv ? n_head / kv->n_kv : 1,
+        .window = window,
+        .scale = scale,
+        .scores = cb->att_scores,
+        .chunk = cb->opts.max_ctx,
+        .n_items = batch->n_tok * n_head,
+        .avx2 = cpu_use_avx2(b),
+    };
+    atomic_init(&c.next, 0);
+    tpool_run(cb->pool, att_task, &c, TP_MIN((int64_t)cb->n_threads, c.n_items));
+}

@@ -1,0 +1,221 @@
+/* matmul.c - the CPU matmul (y[t][o] = sum_i W[o][i] x[t][i], the decode hot path), the
+ * embedding lookup, and the SIMD level detection.
+ *
+ * One call: (1) the activations x are quantized once into the backend's scratch act_q in
+ * the weight type's vec_dot format (simd_dot.h), in parallel over tokens when there are
+ * many; (2) the output rows are split into contiguous ranges over the thread pool; each
+ * task walks its rows for a block of tokens whose activations stay in L2, and for each
+ * row calls the kernel on up to KDOT_NT tokens at a time, so each weight block is
+ * unpacked once and reused for those tokens while it is in registers / L1. With one
+ * token (decode) this is a stream over the weight rows at memory bandwidth.
+ *
+ * Results do not depend on the thread count: every output is computed by the same
+ * kernel arithmetic whatever the partition. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../quant.h"
+#include "simd_dot.h"
+
+/* Activations of this many bytes per task's token block are kept hot in L2. */
+enum { MM_L2_BUDGET = 192 * 1024, MM_MIN_ROWS = 16, MM_TASKS_PER_THREAD = 4 };
+
+/* ------------------------------------------------------------------ SIMD level */
+
+/* Best level of this CPU: AVX-512 needs F, BW, VL and VNNI (Ice Lake, Zen 4 and later);
+ * AVX2 needs FMA and F16C as well. __builtin_cpu_supports also checks that the OS saves
+ * the wider registers. */
+enum ksimd cpu_simd_detect(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        return KSIMD_AVX512;
+    if (avx2) return KSIMD_AVX2;
+#endif
+    return KSIMD_SCALAR;
+}
+
+const char *cpu_simd_name(enum ksimd s) {
+    switch (s) {
+    case KSIMD_SCALAR: return "scalar";
+    case KSIMD_AVX2: return "avx2";
+    case KSIMD_AVX512: return "avx512";
+    }
+    return "unknown";
+}
+
+/* ------------------------------------------------------------ activation layout */
+
+enum kact_fmt kact_fmt_of(enum dtype weight) {
+    switch (weight) {
+    case DTYPE_F16: return KACT_F16;
+    case DTYPE_BF16: return KACT_BF16;
+    case DTYPE_Q4_0: case DTYPE_Q5_0: case DTYPE_Q8_0:
+    case DTYPE_Q4_1: case DTYPE_Q5_1: return KACT_Q8_32;
+    case DTYPE_Q2_K: case DTYPE_Q3_K: case DTYPE_Q4_K: case DTYPE_Q5_K: case DTYPE_Q6_K: return KACT_Q8_K;
+    default: return KACT_F32;
+    }
+}
+
+size_t kact_layout(enum kact_fmt f, int64_t n, struct kact_rows *r) {
+    size_t un = (size_t)(n > 0 ? n : 0), a = 64;
+    r->off_d = r->off_sum = r->off_s = 0;
+    switch (f) {
+    case KACT_F32: return TP_ALIGN_UP(un * 4, a);
+    case KACT_F16:
+    case KACT_BF16: return TP_ALIGN_UP(un * 2, a);
+    case KACT_Q8_32: {
+        size_t nb = un / 32;
+        r->off_d = TP_ALIGN_UP(un, a);
+        r->off_sum = r->off_d + TP_ALIGN_UP(nb * 4, a);
+        r->off_s = r->off_sum + TP_ALIGN_UP(nb * 4, a);
+        return r->off_s + TP_ALIGN_UP(nb * 4, a);
+    }
+    case KACT_Q8_K: {
+        size_t nb = un / 256;
+        r->off_d = TP_ALIGN_UP(un, a);
+        r->off_sum = r->off_d + TP_ALIGN_UP(nb * 4, a);
+        return r->off_sum + TP_ALIGN_UP(nb * 16 * 2, a);
+    }
+    }
+    return 0;
+}
+
+/* Scratch for max_tokens rows of the widest format (F16/BF16: 2 bytes per value; the
+ * int8 formats need at most 1.5). 0 when either bound is 0 (cpu_matmul then allocates). */
+size_t cpu_matmul_scratch_bytes(const struct kbackend_opts *o) {
+    if (!o || o->max_tokens <= 0 || o->max_in <= 0) return 0;
+    struct kact_rows r;
+    size_t row = TP_MAX(kact_layout(KACT_F16, o->max_in, &r), kact_layout(KACT_Q8_32, o->max_in, &r));
+    row = TP_MAX(row, kact_layout(KACT_Q8_K, TP_ALIGN_UP(o->max_in, 256), &r));
+    size_t total;
+    if (!tp_mul_size(row, (size_t)o->max_tokens, &total)) return SIZE_MAX;
+    return total;
+}
+
+/* ------------------------------------------------------------------ dispatch */
+
+static kdot_fn mm_kernel(enum ksimd level, enum dtype t) {
+    kdot_fn f = NULL;
+    if (level >= KSIMD_AVX512) f = kdot_avx512(t);
+    if (!f && level >= KSIMD_AVX2) f = kdot_avx2(t);
+    if (!f) f = kdot_scalar(t);
+    return f;
+}
+
+static void run_tasks(struct cpu_backend *c, tpool_fn fn, void *arg, int64_t n) {
+    if (n <= 0) return;
+    if (c->pool && n > 1) {
+        tpool_run(c->pool, fn, arg, n);
+    } else {
+        for (int64_t i = 0; i < n; i++) fn(arg, i, n);
+    }
+}
+
+struct mm_job {
+    const struct kmat *w;
+    float *y;           /* output row of token 0 of this chunk */
+    const float *x;     /* input row of token 0 of this chunk */
+    int64_t n_tok;      /* tokens in this chunk */
+    struct kact_rows act;
+    enum kact_fmt fmt;
+    kact_quant_fn quant;
+    kdot_fn dot;
+    int64_t rows_per_task, toks_per_task, tok_block;
+};
+
+static void mm_quant_task(void *arg, int64_t i, int64_t n) {
+    const struct mm_job *j = arg;
+    int64_t t1 = TP_MIN(j->n_tok, (i + 1) * j->toks_per_task);
+    for (int64_t t = i * j->toks_per_task; t < t1; t++)
+        j->quant(j->fmt, j->x + t * j->w->n_in, j->w->n_in, (uint8_t *)j->act.base + (size_t)t * j->act.stride, &j->act);
+}
+
+static void mm_rows_task(void *arg, int64_t i, int64_t n) {
+    const struct mm_job *j = arg;
+    const struct kmat *w = j->w;
+    const int64_t r0 = i * j->rows_per_task, r1 = TP_MIN(w->n_out, r0 + j->rows_per_task);
+    for (int64_t tb = 0; tb < j->n_tok; tb += j->tok_block) {
+        const int64_t te = TP_MIN(j->n_tok, tb + j->tok_block);
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *wrow = (const uint8_t *)w->data + (size_t)r * w->row_stride;
+            for (int64_t t = tb; t < te; t += KDOT_NT) {
+                int nt = (int)TP_MIN(KDOT_NT, te - t);
+                float out[KDOT_NT];
+                j->dot(wrow, w->n_in, &j->act, t, nt, out);
+                for (int k = 0; k < nt; k++) j->y[(t + k) * w->n_out + r] = out[k];
+            }
+        }
+    }
+}
+
+/* y[t][o] = sum_i W[o][i] x[t][i] for t < n_tok (see kernels.h). Activations are
+ * quantized into the backend's scratch; calls with more tokens than fit are done in
+ * chunks. When the scratch cannot hold even one row (opts.max_in smaller than n_in),
+ * the call allocates a temporary buffer, and if that fails fills y with NaN. */
+void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float *x, int64_t n_tok) {
+    if (n_tok <= 0 || w->n_out <= 0) return;
+    if (w->n_in <= 0) {
+        for (int64_t t = 0; t < n_tok; t++) memset(y + t * w->n_out, 0, (size_t)w->n_out * sizeof *y);
+        return;
+    }
+    struct cpu_backend *c = b->impl;
+    enum ksimd level = TP_MIN(c->simd, cpu_simd_detect());
+    struct mm_job j = {.w = w, .fmt = kact_fmt_of(w->type), .dot = mm_kernel(level, w->type)};
+    if (!j.dot) return; /* not a weight type: callers validated types at load */
+    j.quant = level >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;
+    const size_t row_bytes = kact_layout(j.fmt, w->n_in, &j.act);
+    j.act.stride = row_bytes;
+
+    /* tokens per chunk: what the scratch holds */
+    void *tmp = NULL;
+    uint8_t *scratch = c->act_q;
+    int64_t chunk = n_tok;
+    if (j.fmt != KACT_F32) {
+        chunk = c->act_q && row_bytes ? (int64_t)TP_MIN((size_t)n_tok, c->act_q_bytes / row_bytes) : 0;
+        if (chunk == 0) {
+            chunk = TP_MIN(n_tok, 64);
+            tmp = aligned_alloc(64, row_bytes * (size_t)chunk);
+            if (!tmp) {
+                for (int64_t i = 0; i < n_tok * w->n_out; i++) y[i] = NAN;
+                return;
+            }
+            scratch = tmp;
+        }
+    }
+
+    const int n_threads = c->pool ? TP_MAX(1, c->n_threads) : 1;
+    int64_t tasks = TP_MIN((w->n_out + MM_MIN_ROWS - 1) / MM_MIN_ROWS, (int64_t)n_threads * MM_TASKS_PER_THREAD);
+    if (n_threads == 1) tasks = 1;
+    tasks = TP_MAX(tasks, 1);
+    j.rows_per_task = (w->n_out + tasks - 1) / tasks;
+    const int64_t n_tasks = (w->n_out + j.rows_per_task - 1) / j.rows_per_task;
+
+    for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
+        j.n_tok = TP_MIN(chunk, n_tok - t0);
+        j.x = x + t0 * w->n_in;
+        j.y = y + t0 * w->n_out;
+        if (j.fmt == KACT_F32) {
+            j.act.base = (const uint8_t *)j.x;
+            j.act.stride = (size_t)w->n_in * sizeof(float);
+        } else {
+            j.act.base = scratch;
+            int64_t qtasks = j.n_tok >= 8 ? TP_MIN((int64_t)n_threads, j.n_tok) : 1;
+            j.toks_per_task = (j.n_tok + qtasks - 1) / qtasks;
+            run_tasks(c, mm_quant_task, &j, (j.n_tok + j.toks_per_task - 1) / j.toks_per_task);
+        }
+        j.tok_block = TP_MAX((int64_t)KDOT_NT, (int64_t)(MM_L2_BUDGET / j.act.stride) / KDOT_NT * KDOT_NT);
+        run_tasks(c, mm_rows_task, &j, n_tasks);
+    }
+    free(tmp);
+}
+
+/* out[t][:] = row ids[t] of `table` dequantized (ids already validated by the caller). */
+void cpu_get_rows(struct kbackend *b, float *out, const struct kmat *table, const int32_t *ids, int64_t n) {
+    for (int64_t t = 0; t < n; t++)
+        quant_dequantize_row(table->type, (const uint8_t *)table->data + (size_t)ids[t] * table->row_stride,
+                             out + t * table->n_in, table->n_in);
+}

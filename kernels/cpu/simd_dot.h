@@ -1,0 +1,78 @@
+/* simd_dot.h - private interface of the CPU matmul (matmul.c) and its dot-product
+ * kernels (dot_scalar.c, dot_avx2.c, dot_avx512.c): the layout activations are quantized
+ * into, and the per-type kernels of each SIMD level.
+ *
+ * As in llama.cpp, the activations of a matmul are first converted to the weight type's
+ * "vec_dot type" and the block dot products are then integer:
+ *   weights F32 -> F32, F16 -> F16, BF16 -> BF16,
+ *   Q4_0/Q5_0/Q8_0 -> Q8_0 (sumi * d_w * d_a),
+ *   Q4_1/Q5_1 -> Q8_1 (sumi * d_w * d_a + m_w * s_a),
+ *   Q2_K..Q6_K -> Q8_K (d_w * d_a * sum_j sc_j sumi_j - dmin_w * d_a * sum_j m_j bsum_j).
+ * The quantized activation values equal quant_quantize_row's (ggml's _ref rounding);
+ * they are stored planar, one row per token, rather than as ggml blocks, so that SIMD
+ * loads of the int8 values are contiguous (see struct kact_rows). */
+#ifndef TPLLM_CPU_SIMD_DOT_H
+#define TPLLM_CPU_SIMD_DOT_H
+
+#include "cpu.h"
+
+/* The most tokens one kernel call handles (the batched path's tile width). */
+#define KDOT_NT 4
+
+enum kact_fmt {
+    KACT_F32 = 0, /* the caller's x itself */
+    KACT_F16,     /* u16 h[n] */
+    KACT_BF16,    /* u16 h[n] */
+    KACT_Q8_32,   /* i8 qs[n] | f32 d[n/32] | i32 sum[n/32] | f32 s[n/32] */
+    KACT_Q8_K,    /* i8 qs[n] | f32 d[n/256] | i16 bsums[n/16] */
+};
+
+/* Activation rows of one matmul call: token t's row starts at base + t * stride; inside a
+ * row each section starts at a 64-byte boundary at the offsets below (0 where unused).
+ * d is the block scale as a float (for Q8_32 the fp16-rounded value ggml stores), sum the
+ * block's integer sum of qs, s the Q8_1 sum field fp16(d_unrounded * sum) as a float. */
+struct kact_rows {
+    const uint8_t *base;
+    size_t stride;
+    size_t off_d, off_sum, off_s;
+};
+
+/* Bytes of one activation row of n values, and the section offsets (kact_layout fills
+ * off_* of r and returns the row size, a multiple of 64). */
+size_t kact_layout(enum kact_fmt f, int64_t n, struct kact_rows *r);
+enum kact_fmt kact_fmt_of(enum dtype weight);
+
+static inline const int8_t *kact_qs(const struct kact_rows *a, int64_t t) {
+    return (const int8_t *)(a->base + (size_t)t * a->stride);
+}
+static inline const float *kact_d(const struct kact_rows *a, int64_t t) {
+    return (const float *)(a->base + (size_t)t * a->stride + a->off_d);
+}
+static inline const int32_t *kact_sum(const struct kact_rows *a, int64_t t) {
+    return (const int32_t *)(a->base + (size_t)t * a->stride + a->off_sum);
+}
+static inline const int16_t *kact_bsums(const struct kact_rows *a, int64_t t) {
+    return (const int16_t *)(a->base + (size_t)t * a->stride + a->off_sum);
+}
+static inline const float *kact_s(const struct kact_rows *a, int64_t t) {
+    return (const float *)(a->base + (size_t)t * a->stride + a->off_s);
+}
+
+/* Quantizes x[0..n) into one activation row at `row` (laid out as kact_layout says).
+ * The scalar and AVX2 versions give identical bytes. */
+typedef void (*kact_quant_fn)(enum kact_fmt f, const float *x, int64_t n, uint8_t *row, const struct kact_rows *lay);
+void kact_quantize_scalar(enum kact_fmt f, const float *x, int64_t n, uint8_t *row, const struct kact_rows *lay);
+void kact_quantize_avx2(enum kact_fmt f, const float *x, int64_t n, uint8_t *row, const struct kact_rows *lay);
+
+/* out[k] = dot(weight row w of n values, activation row t0 + k) for k < nt <= KDOT_NT.
+ * The arithmetic per token does not depend on nt or t0, so a token's result is the same
+ * whichever tile it is computed in. */
+typedef void (*kdot_fn)(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, int nt, float *out);
+
+/* The kernel for weight type t at each level; NULL where the level has none for t (the
+ * caller then uses a lower level's). */
+kdot_fn kdot_scalar(enum dtype t);
+kdot_fn kdot_avx2(enum dtype t);
+kdot_fn kdot_avx512(enum dtype t);
+
+#endif

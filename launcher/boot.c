@@ -1,0 +1,239 @@
+/* boot.c - bring a rank up: MPI, communicator, backend, model file, shard plan, weights,
+ * engine, tokenizer; print the startup report on rank 0. */
+#include "boot.h"
+
+#include <errno.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *boot_opts_usage =
+    "  -m, --model FILE        GGUF model (required)\n"
+    "  --tp N                  tensor-parallel size; must equal the number of MPI ranks (default: all ranks)\n"
+    "  -t, --threads N         CPU threads per rank (default: the node's cores divided among its ranks)\n"
+    "  --backend B             cpu, cuda or auto (default auto: cuda when compiled in and a GPU is visible)\n"
+    "  -c, --ctx N             context length per sequence (default 2048, at most the model's)\n"
+    "  --max-batch-tokens N    tokens per forward step; prompts are processed in chunks of this (default 512)\n"
+    "  --kv-type T             KV cache type: f16 (default) or f32\n"
+    "  --kv-blocks N           KV cache blocks of 16 tokens per rank (default: enough for the sequences)\n";
+
+void boot_opts_default(struct boot_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->backend = "auto";
+    engine_opts_default(&o->eng);
+    o->eng.max_seqs = 1;
+}
+
+static int parse_i64(const char *flag, const char *v, int64_t lo, int64_t hi, int64_t *out) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(v ? v : "", &end, 10);
+    if (!v || *v == '\0' || *end != '\0' || errno || x < lo || x > hi) {
+        fprintf(stderr, "tpllm: %s expects an integer in [%lld, %lld], got '%s'\n", flag, (long long)lo, (long long)hi,
+                v ? v : "");
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+int64_t boot_parse_size(const char *s) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0) return -1;
+    double mul = 1;
+    if (!strcasecmp(end, "") || !strcasecmp(end, "b")) mul = 1;
+    else if (!strcasecmp(end, "k") || !strcasecmp(end, "kib")) mul = 1024.0;
+    else if (!strcasecmp(end, "m") || !strcasecmp(end, "mib")) mul = 1024.0 * 1024;
+    else if (!strcasecmp(end, "g") || !strcasecmp(end, "gib")) mul = 1024.0 * 1024 * 1024;
+    else if (!strcasecmp(end, "t") || !strcasecmp(end, "tib")) mul = 1024.0 * 1024 * 1024 * 1024;
+    else if (!strcasecmp(end, "kb")) mul = 1e3;
+    else if (!strcasecmp(end, "mb")) mul = 1e6;
+    else if (!strcasecmp(end, "gb")) mul = 1e9;
+    else if (!strcasecmp(end, "tb")) mul = 1e12;
+    else return -1;
+    double b = v * mul;
+    if (b > 9.0e18) return -1;
+    return (int64_t)b;
+}
+
+int boot_parse_opt(struct boot_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    const char *v = *i + 1 < argc ? argv[*i + 1] : NULL;
+    int64_t x;
+#define TAKES_VALUE                                                                     \
+    do {                                                                                \
+        if (!v) {                                                                       \
+            fprintf(stderr, "tpllm: %s needs a value (see --help)\n", a);               \
+            return -1;                                                                  \
+        }                                                                               \
+        (*i)++;                                                                         \
+    } while (0)
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+        TAKES_VALUE;
+        o->model = v;
+    } else if (!strcmp(a, "--tp")) {
+        TAKES_VALUE;
+        if (parse_i64(a, v, 1, 4096, &x)) return -1;
+        o->tp = (int)x;
+    } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        TAKES_VALUE;
+        if (parse_i64(a, v, 1, 1024, &x)) return -1;
+        o->threads = (int)x;
+    } else if (!strcmp(a, "--backend")) {
+        TAKES_VALUE;
+        if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) {
+            fprintf(stderr, "tpllm: --backend must be cpu, cuda or auto, got '%s'\n", v);
+            return -1;
+        }
+        o->backend = v;
+    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
+        TAKES_VALUE;
+        if (parse_i64(a, v, 1, 1 << 24, &o->eng.ctx)) return -1;
+    } else if (!strcmp(a, "--max-batch-tokens")) {
+        TAKES_VALUE;
+        if (parse_i64(a, v, 1, 65536, &o->eng.max_batch_tokens)) return -1;
+    } else if (!strcmp(a, "--kv-blocks")) {
+        TAKES_VALUE;
+        if (parse_i64(a, v, 1, (int64_t)1 << 30, &o->eng.n_blocks)) return -1;
+    } else if (!strcmp(a, "--kv-type")) {
+        TAKES_VALUE;
+        if (!strcmp(v, "f16")) o->eng.kv_type = DTYPE_F16;
+        else if (!strcmp(v, "f32")) o->eng.kv_type = DTYPE_F32;
+        else {
+            fprintf(stderr, "tpllm: --kv-type must be f16 or f32, got '%s'\n", v);
+            return -1;
+        }
+    } else {
+        return 0;
+    }
+#undef TAKES_VALUE
+    return 1;
+}
+
+int boot_mpi_init(int *argc, char ***argv) {
+    int provided = 0;
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "tpllm: MPI_Init failed; is Open MPI installed (make deps)?\n");
+        return -1;
+    }
+    return 0;
+}
+
+void boot_mpi_finalize(void) {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* This rank's part: everything up to and including the weights. */
+static int start_local(struct boot *b, const struct boot_opts *o, tp_err *e) {
+    int rc;
+    if (!o->model) return tp_errf(e, TP_EINVAL, "no model given; pass -m FILE.gguf");
+    if (o->tp && o->tp != b->size)
+        return tp_errf(e, TP_EINVAL, "--tp %d but the job has %d MPI ranks; start it with mpirun -np %d (tpllm runs one rank per tensor-parallel shard)",
+                       o->tp, b->size, o->tp);
+    if ((rc = gguf_open(&b->file, o->model, e))) return rc;
+    if ((rc = model_config_load(&b->cfg, b->file, e))) return rc;
+    struct shard_model sm;
+    if ((rc = model_shard_model(&sm, &b->cfg, b->file, e))) return rc;
+    if ((rc = shard_plan_build(&b->plan, &sm, b->size, e))) return rc;
+
+    struct kbackend_opts ko = {.n_threads = o->threads ? o->threads : comm_topo(b->comm)->threads,
+                               .max_tokens = o->eng.max_batch_tokens,
+                               .max_in = TP_MAX(b->cfg.n_embd, b->cfg.n_ff),
+                               .max_ctx = o->eng.ctx,
+                               .max_heads = b->cfg.n_head,
+                               .simd = -1,
+                               .device = comm_topo(b->comm)->local_rank};
+    bool want_cuda = !strcmp(o->backend, "cuda");
+    if (!strcmp(o->backend, "auto") && kbackend_cuda_compiled()) {
+        tp_err probe = {0};
+        if (kbackend_cuda_create(&b->be, &ko, &probe) == 0) return 0;
+        want_cuda = false; /* auto: no usable GPU here -> CPU, and the report says so */
+    }
+    if (want_cuda) {
+        if ((rc = kbackend_cuda_create(&b->be, &ko, e)))
+            return tp_err_wrap(e, "--backend cuda on rank %d", b->rank);
+    } else if ((rc = kbackend_cpu_create(&b->be, &ko, e))) {
+        return rc;
+    }
+    return 0;
+}
+
+static int load_weights(struct boot *b, tp_err *e) {
+    double t0 = now_s();
+    int rc = model_load(&b->model, b->file, &b->cfg, &b->plan, b->rank, b->be, e);
+    if (rc == 0) b->model_loaded = true;
+    b->load_seconds = now_s() - t0;
+    return rc;
+}
+
+/* Collect one line per rank on rank 0 and print them. */
+static int report(struct boot *b, const struct boot_opts *o, tp_err *e) {
+    char line[384], desc[160];
+    kbackend_describe(b->be, desc, sizeof desc);
+    const struct model_shard *sh = &b->model.sh;
+    snprintf(line, sizeof line,
+             "rank %d/%d host %s | %s | heads %lld-%lld kv %lld-%lld ffn %lld-%lld vocab %lld-%lld | weights %.1f MiB read %.1f MiB in %.2f s",
+             b->rank, b->size, comm_topo(b->comm)->host, desc, (long long)sh->q_head0,
+             (long long)(sh->q_head0 + sh->n_head_l), (long long)sh->kv_head0, (long long)(sh->kv_head0 + sh->n_kv_l),
+             (long long)sh->ff0, (long long)(sh->ff0 + sh->n_ff_l), (long long)sh->vocab0,
+             (long long)(sh->vocab0 + sh->n_vocab_l), (double)b->model.weights_bytes / (1 << 20),
+             (double)b->model.bytes_read / (1 << 20), b->load_seconds);
+    char *all = b->rank == 0 ? malloc(sizeof line * (size_t)b->size) : NULL;
+    char *dst = all ? all : malloc(sizeof line * (size_t)b->size);
+    if (!dst) return tp_errf(e, TP_ENOMEM, "out of host memory");
+    int rc = comm_all_gather(b->comm, line, dst, sizeof line, e);
+    if (rc == 0 && b->rank == 0 && !o->quiet) {
+        fprintf(stderr, "tpllm %s: %s (%s), %lld layers, tp=%d, ctx %lld, kv %s, %lld KV blocks of %lld tokens per rank\n",
+                TPLLM_VERSION, o->model, b->cfg.arch_name, (long long)b->cfg.n_layer, b->size, (long long)o->eng.ctx,
+                dtype_name(o->eng.kv_type), (long long)engine_n_blocks(b->engine), (long long)engine_block_size(b->engine));
+        for (int r = 0; r < b->size; r++) fprintf(stderr, "  %s\n", dst + (size_t)r * sizeof line);
+    }
+    free(dst);
+    return rc;
+}
+
+int boot_start(struct boot *b, const struct boot_opts *o, tp_err *e) {
+    memset(b, 0, sizeof *b);
+    int rc = comm_create_mpi(&b->comm, 0, e);
+    if (rc) return rc;
+    b->rank = comm_rank(b->comm);
+    b->size = comm_size(b->comm);
+    int bad = -1;
+    rc = start_local(b, o, e);
+    if ((rc = comm_any_error(b->comm, rc, &bad, e))) return rc;
+    double old = comm_get_timeout(b->comm);
+    comm_set_timeout(b->comm, TP_MAX(old, 600.0)); /* loading a large shard may take minutes */
+    rc = load_weights(b, e);
+    if ((rc = comm_any_error(b->comm, rc, &bad, e))) return rc;
+    struct engine_opts eo = o->eng;
+    if (eo.ctx > b->cfg.n_ctx_train && b->cfg.n_ctx_train > 0) eo.ctx = b->cfg.n_ctx_train;
+    rc = engine_create(&b->engine, &b->model, b->comm, &eo, e);
+    if (rc == 0 && b->rank == 0) rc = tokenizer_load(&b->tok, b->file, e);
+    if ((rc = comm_any_error(b->comm, rc, &bad, e))) return rc;
+    comm_set_timeout(b->comm, old);
+    return report(b, o, e);
+}
+
+void boot_finish(struct boot *b) {
+    engine_free(b->engine);
+    tokenizer_free(b->tok);
+    if (b->model_loaded) model_free(&b->model);
+    kbackend_free(b->be);
+    shard_plan_free(&b->plan);
+    gguf_close(b->file);
+    comm_free(b->comm);
+    memset(b, 0, sizeof *b);
+}

@@ -1,0 +1,53 @@
+/* boot.h - bring a rank up for the model-running commands: MPI, communicator, backend,
+ * model file, shard plan, weights, engine, tokenizer, and the startup report. */
+#ifndef TPLLM_BOOT_H
+#define TPLLM_BOOT_H
+
+#include "runtime/engine.h"
+#include "runtime/tokenizer.h"
+
+struct boot_opts {
+    const char *model;       /* -m */
+    int tp;                  /* --tp: 0 = the MPI world size; otherwise must equal it */
+    int threads;             /* --threads: 0 = default from the topology */
+    const char *backend;     /* --backend cpu|cuda|auto */
+    struct engine_opts eng;  /* --ctx, --max-batch-tokens, --kv-type, --kv-blocks ... */
+    bool quiet;              /* no startup report */
+};
+void boot_opts_default(struct boot_opts *o);
+
+/* Parse the options shared by generate/serve/bench/perplexity/verify. Returns 1 when
+ * argv[*i] was consumed (with its value), 0 when it is not a shared option, or -1 with
+ * a message printed for a bad value. */
+int boot_parse_opt(struct boot_opts *o, int argc, char **argv, int *i);
+/* Usage lines for the shared options. */
+extern const char *boot_opts_usage;
+
+struct boot {
+    int rank, size;
+    struct comm *comm;
+    struct gguf_file *file;
+    struct model_config cfg;
+    struct shard_plan plan;
+    struct kbackend *be;
+    struct model model;
+    bool model_loaded;
+    struct engine *engine;
+    struct tokenizer *tok;
+    double load_seconds;
+};
+
+/* Collective: every rank calls it. On failure every rank returns the same non-zero
+ * status; the failing rank's message is in e (rank 0 prints it). */
+int boot_start(struct boot *b, const struct boot_opts *o, tp_err *e);
+/* Release everything (collective; MPI stays initialised). */
+void boot_finish(struct boot *b);
+
+/* MPI_Init_thread / MPI_Finalize wrappers used by the commands. */
+int boot_mpi_init(int *argc, char ***argv);
+void boot_mpi_finalize(void);
+
+/* Parse sizes like "12GiB", "512MiB", "8e9": bytes, or -1. */
+int64_t boot_parse_size(const char *s);
+
+#endif

@@ -1,0 +1,90 @@
+/* comm.h - the tensor-parallel communicator: collectives over the ranks of one TP group.
+ *
+ * One interface, two transports: MPI for host buffers (CPU ranks) and NCCL for device
+ * buffers (CUDA ranks, kernels/cuda). The forward pass never knows which one it uses.
+ * Every collective has a timeout: a peer that died or hangs makes the call return
+ * TP_ECOMM with a message naming the rank and host that did not arrive, so the launcher
+ * can bring the job down (MPI_Abort) within seconds instead of hanging.
+ *
+ * Rules shared by every collective (docs/parallel.md, "Communicator and failure handling"):
+ * - every rank calls the same collectives in the same order with the same sizes;
+ * - one thread at a time uses a communicator (MPI_THREAD_FUNNELED is enough);
+ * - after a call returns TP_ECOMM the communicator is broken: every later collective
+ *   fails at once with the first message, and the caller is expected to stop the job
+ *   with comm_abort (a timed-out operation may still reference its buffers). */
+#ifndef TPLLM_COMM_H
+#define TPLLM_COMM_H
+
+#include "../kernels/base.h"
+
+/* Where this rank runs. */
+struct topo {
+    int rank, size;             /* in the TP group (MPI_COMM_WORLD for now) */
+    int local_rank, local_size; /* among the ranks on this node (MPI_Comm_split_type SHARED) */
+    char host[64];
+    int n_cpus;                 /* CPUs in this process's affinity mask */
+    int threads;                /* CPU threads this rank should use by default: the node's CPUs
+                                   divided evenly among its local ranks (at least 1) */
+    int node_cpus;              /* CPUs this node's ranks may run on: the union of their
+                                   affinity masks (sysconf(_SC_NPROCESSORS_ONLN) if unknown) */
+};
+
+struct comm;
+
+/* Create the MPI communicator over MPI_COMM_WORLD (MPI must be initialised). timeout_s
+ * bounds every collective (0: default 60 s; env TPLLM_COMM_TIMEOUT overrides).
+ * Collective over MPI_COMM_WORLD. On success *out owns duplicated MPI communicators
+ * (free with comm_free before MPI_Finalize); on failure *out is NULL and e says why. */
+int comm_create_mpi(struct comm **out, double timeout_s, tp_err *e);
+/* Release the communicator; NULL is a no-op. Must run before MPI_Finalize. A broken
+ * communicator (after TP_ECOMM) leaks its MPI handles on purpose: a timed-out
+ * operation is still pending on them. */
+void comm_free(struct comm *c);
+const struct topo *comm_topo(const struct comm *c);
+static inline int comm_rank(const struct comm *c) { return comm_topo(c)->rank; }
+static inline int comm_size(const struct comm *c) { return comm_topo(c)->size; }
+/* Host name of `rank` (gathered at creation), or "?" when rank is out of range. */
+const char *comm_peer_host(const struct comm *c, int rank);
+/* Timeout of later collectives in seconds (> 0), e.g. longer while loading weights. */
+void comm_set_timeout(struct comm *c, double seconds);
+double comm_get_timeout(const struct comm *c);
+
+/* In-place sum of n floats across ranks (every rank gets the sum). Deterministic: the
+ * same inputs give bit-identical results on every rank and every run. */
+int comm_all_reduce_sum(struct comm *c, float *buf, int64_t n, tp_err *e);
+/* recv[r * bytes .. (r+1) * bytes) = rank r's send, on every rank. send may be
+ * recv + rank * bytes (in place); bytes must fit in an int. */
+int comm_all_gather(struct comm *c, const void *send, void *recv, size_t bytes, tp_err *e);
+/* Rank root's buf is copied to every rank. */
+int comm_bcast(struct comm *c, void *buf, size_t bytes, int root, tp_err *e);
+int comm_barrier(struct comm *c, tp_err *e);
+/* Logical OR / MAX of a status across ranks: every rank learns whether any failed, so
+ * that all ranks leave a phase (loading, planning) together with the same outcome.
+ * Returns 0 when every rank passed 0 (and sets *first_bad_rank to -1); otherwise the
+ * status of the lowest failing rank, on every rank, with *first_bad_rank set to it.
+ * A rank whose e is empty gets "rank R (host H) failed: <status name>" in e; a rank that
+ * failed itself keeps its own message. TP_ECOMM when the exchange itself fails. */
+int comm_any_error(struct comm *c, int local_status, int *first_bad_rank, tp_err *e);
+
+/* Time spent inside collectives since creation (seconds) and the number of calls. */
+struct comm_stats { double seconds; int64_t calls; int64_t bytes; };
+struct comm_stats comm_get_stats(const struct comm *c);
+void comm_reset_stats(struct comm *c);
+
+/* Stop the whole job: print "tpllm: rank R (host H) failed: msg" to stderr and call
+ * MPI_Abort(code). The ONE place that ends the job from inside the library, meant for
+ * launcher/ (never call it from kernels or runtime code: return a status instead).
+ * c may be NULL (rank and host are then read from MPI_COMM_WORLD and the OS); without
+ * MPI initialised it exits the process with `code`. Does not return. */
+void comm_abort(struct comm *c, int code, const char *msg) __attribute__((noreturn));
+
+/* Topology helpers (parallel/topo.c), without MPI. */
+/* CPUs in this process's affinity mask; sysconf(_SC_NPROCESSORS_ONLN) if it cannot be read. */
+int topo_affinity_cpus(void);
+/* Default threads per rank: node_cpus / local_size, at least 1 and at most own_cpus
+ * (a rank bound to fewer CPUs cannot use more threads). */
+int topo_default_threads(int node_cpus, int local_size, int own_cpus);
+/* One line for the startup report: "rank 1/4 on host h (local 1/2): 2 CPUs, 1 thread". */
+void topo_describe(const struct topo *t, char *buf, size_t size);
+
+#endif

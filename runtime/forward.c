@@ -1,0 +1,252 @@
+/* forward.c - the transformer forward pass (llama, qwen2, gemma3) on one rank's shard.
+ *
+ * Per layer (DESIGN.md): norm -> Q,K,V (column-parallel: this rank's heads) -> [bias]
+ * -> [QK-norm] -> RoPE -> store K,V in the paged cache -> attention over local heads ->
+ * O projection (row-parallel) -> all-reduce -> [post-norm] -> residual -> norm ->
+ * gate/up (column-parallel) -> activation -> down (row-parallel) -> all-reduce ->
+ * [post-norm] -> residual. Then the final norm and this rank's vocabulary slice of the
+ * LM head for the requested rows. Exactly two all-reduces per layer. */
+#include "forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/memtrack.h"
+#include "../kernels/quant.h"
+
+#define STATE_ALIGN 64
+
+size_t kv_cache_bytes(const struct model_config *c, int64_t n_kv_l, int64_t n_blocks, int64_t block_size, enum dtype type) {
+    size_t per_layer = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_l * (size_t)c->head_dim *
+                       dtype_get(type)->type_size;
+    return 2 * TP_ALIGN_UP(per_layer, STATE_ALIGN) * (size_t)c->n_layer;
+}
+
+int kv_cache_create(struct kv_cache *kv, struct kbackend *be, const struct model_config *c, int64_t n_kv_l,
+                    int64_t n_blocks, int64_t block_size, enum dtype type, tp_err *e) {
+    memset(kv, 0, sizeof *kv);
+    if (type != DTYPE_F16 && type != DTYPE_F32)
+        return tp_errf(e, TP_EINVAL, "KV cache type %s is not supported; use f16 or f32", dtype_name(type));
+    if (c->head_dim_v != c->head_dim)
+        return tp_errf(e, TP_EUNSUPPORTED, "models whose value heads (%lld) differ from key heads (%lld) are not supported yet",
+                       (long long)c->head_dim_v, (long long)c->head_dim);
+    size_t per_layer = TP_ALIGN_UP((size_t)n_blocks * (size_t)block_size * (size_t)n_kv_l * (size_t)c->head_dim *
+                                       dtype_get(type)->type_size, STATE_ALIGN);
+    kv->bytes = kv_cache_bytes(c, n_kv_l, n_blocks, block_size, type);
+    kv->layers = calloc((size_t)c->n_layer, sizeof *kv->layers);
+    kv->bytes = TP_MAX(kv->bytes, (size_t)STATE_ALIGN);
+    kv->mem = memtrack_alloc(be->track, be, MEM_KV, kv->bytes);
+    if (!kv->layers || !kv->mem) {
+        kv_cache_free(kv, be);
+        return tp_errf(e, TP_ENOMEM, "cannot allocate the KV cache (%.1f MiB for %lld blocks of %lld tokens); lower --ctx or --kv-blocks",
+                       (double)kv->bytes / (1 << 20), (long long)n_blocks, (long long)block_size);
+    }
+    uint8_t *cur = kv->mem;
+    for (int64_t il = 0; il < c->n_layer; il++) {
+        kv->layers[il] = (struct kv_layer){.k = cur, .v = cur + per_layer, .type = type, .n_blocks = n_blocks,
+                                           .block_size = block_size, .n_kv = n_kv_l, .head_dim = c->head_dim};
+        cur += 2 * per_layer;
+    }
+    kv->n_blocks = n_blocks;
+    kv->block_size = block_size;
+    return 0;
+}
+
+void kv_cache_free(struct kv_cache *kv, struct kbackend *be) {
+    if (!kv) return;
+    if (kv->mem) memtrack_free(be->track, be, MEM_KV, kv->mem, kv->bytes);
+    free(kv->layers);
+    memset(kv, 0, sizeof *kv);
+}
+
+/* The run state's buffers in order, with their element counts and sizes. */
+struct rs_layout {
+    size_t off[14];
+    size_t total;
+};
+
+static void rs_layout(struct rs_layout *L, const struct model_config *c, const struct model_shard *sh, int64_t T,
+                      int64_t NL, int64_t S, int64_t B) {
+    size_t d = (size_t)c->n_embd, hd = (size_t)c->head_dim;
+    size_t sizes[14] = {
+        T * d * 4, T * d * 4, T * sh->n_head_l * hd * 4, T * sh->n_kv_l * hd * 4, T * sh->n_kv_l * hd * 4,
+        T * sh->n_head_l * hd * 4, T * d * 4, T * sh->n_ff_l * 4, T * sh->n_ff_l * 4,
+        (size_t)NL * sh->n_vocab_l * 4, T * 4, T * 4, (size_t)(S * B) * 4, T * 8,
+    };
+    size_t cur = 0;
+    for (int i = 0; i < 14; i++) {
+        L->off[i] = cur;
+        cur += TP_ALIGN_UP(sizes[i], STATE_ALIGN);
+    }
+    L->total = cur;
+}
+
+size_t run_state_bytes(const struct model_config *c, const struct model_shard *sh, int64_t max_tok, int64_t max_logits,
+                       int64_t max_seq, int64_t max_blocks) {
+    struct rs_layout L;
+    rs_layout(&L, c, sh, max_tok, max_logits, max_seq, max_blocks);
+    return L.total;
+}
+
+int run_state_create(struct run_state *rs, const struct model *m, int64_t max_tok, int64_t max_logits, int64_t max_seq,
+                     int64_t max_blocks, tp_err *e) {
+    memset(rs, 0, sizeof *rs);
+    struct kbackend *be = m->be;
+    struct rs_layout L;
+    rs_layout(&L, &m->cfg, &m->sh, max_tok, max_logits, max_seq, max_blocks);
+    rs->bytes = L.total;
+    rs->mem = memtrack_alloc(be->track, be, MEM_ACTIVATIONS, L.total);
+    rs->host_x = malloc((size_t)max_tok * (size_t)m->cfg.n_embd * sizeof(float));
+    if (!rs->mem || !rs->host_x) {
+        run_state_free(rs, be);
+        return tp_errf(e, TP_ENOMEM, "cannot allocate %.1f MiB of activations for %lld tokens per step; lower --max-batch-tokens",
+                       (double)L.total / (1 << 20), (long long)max_tok);
+    }
+    uint8_t *base = rs->mem;
+    rs->x = (float *)(base + L.off[0]);
+    rs->xn = (float *)(base + L.off[1]);
+    rs->q = (float *)(base + L.off[2]);
+    rs->k = (float *)(base + L.off[3]);
+    rs->v = (float *)(base + L.off[4]);
+    rs->att = (float *)(base + L.off[5]);
+    rs->o = (float *)(base + L.off[6]);
+    rs->gate = (float *)(base + L.off[7]);
+    rs->up = (float *)(base + L.off[8]);
+    rs->logits = (float *)(base + L.off[9]);
+    rs->d_pos = (int32_t *)(base + L.off[10]);
+    rs->d_seq = (int32_t *)(base + L.off[11]);
+    rs->d_tables = (int32_t *)(base + L.off[12]);
+    rs->d_slots = (int64_t *)(base + L.off[13]);
+    rs->bytes = L.total;
+    rs->max_tok = max_tok;
+    rs->max_logits = max_logits;
+    rs->max_seq = max_seq;
+    rs->max_blocks = max_blocks;
+    return 0;
+}
+
+void run_state_free(struct run_state *rs, struct kbackend *be) {
+    if (!rs) return;
+    if (rs->mem) memtrack_free(be->track, be, MEM_ACTIVATIONS, rs->mem, rs->bytes);
+    free(rs->host_x);
+    memset(rs, 0, sizeof *rs);
+}
+
+static struct rope_params layer_rope(const struct model *m, int64_t il) {
+    const struct model_config *c = &m->cfg;
+    bool swa = model_config_layer_is_swa(c, il);
+    struct rope_params p = {.mode = (enum rope_mode)c->rope_mode, .n_rot = c->n_rot, .base = c->rope_base,
+                            .freq_scale = 1.0f, .freq_factors = NULL, .ext_factor = 0.0f, .attn_factor = 1.0f,
+                            .beta_fast = 32.0f, .beta_slow = 1.0f, .n_ctx_orig = c->rope_n_ctx_orig};
+    if (swa) {
+        p.base = c->rope_base_local;
+        return p;
+    }
+    switch (c->rope_scaling) {
+    case ROPE_SCALING_LINEAR: p.freq_scale = 1.0f / c->rope_scale; break;
+    case ROPE_SCALING_YARN:
+        p.freq_scale = 1.0f / c->rope_scale;
+        p.ext_factor = 1.0f;
+        break;
+    case ROPE_SCALING_LLAMA3: p.freq_factors = m->rope_freqs_dev; break;
+    case ROPE_SCALING_NONE: break;
+    }
+    return p;
+}
+
+static int all_reduce(struct comm *comm, float *buf, int64_t n, tp_err *e) {
+    if (!comm || comm_size(comm) == 1) return 0;
+    return comm_all_reduce_sum(comm, buf, n, e);
+}
+
+/* Embedding rows: dequantized on the host straight from the mapped file, then uploaded. */
+static int embed(struct model *m, struct run_state *rs, const struct fwd_batch *b, tp_err *e) {
+    const struct kmat *t = &m->tok_embd;
+    int64_t d = m->cfg.n_embd;
+    for (int64_t i = 0; i < b->n_tok; i++) {
+        int32_t id = b->tokens[i];
+        if (id < 0 || id >= t->n_out)
+            return tp_errf(e, TP_EINVAL, "token id %d at batch row %lld is outside the vocabulary [0, %lld)", id,
+                           (long long)i, (long long)t->n_out);
+        quant_dequantize_row(t->type, (const uint8_t *)t->data + (size_t)id * t->row_stride, rs->host_x + i * d, d);
+    }
+    m->be->ops->upload(m->be, rs->x, rs->host_x, (size_t)(b->n_tok * d) * sizeof(float));
+    if (m->cfg.embd_scale != 1.0f) m->be->ops->scale(m->be, rs->x, m->cfg.embd_scale, b->n_tok * d);
+    return 0;
+}
+
+int forward(struct model *m, struct run_state *rs, struct kv_cache *kv, struct comm *comm, const struct fwd_batch *b,
+            tp_err *e) {
+    const struct model_config *c = &m->cfg;
+    const struct kops *K = m->be->ops;
+    struct kbackend *be = m->be;
+    int64_t T = b->n_tok, d = c->n_embd, hd = c->head_dim;
+    int64_t nh = m->sh.n_head_l, nkv = m->sh.n_kv_l, ff = m->sh.n_ff_l;
+    if (T < 1 || T > rs->max_tok || b->n_logits > rs->max_logits || b->n_seq > rs->max_seq ||
+        b->max_blocks > rs->max_blocks || b->n_logits < 0)
+        return tp_errf(e, TP_EINVAL, "step of %lld tokens / %lld logit rows / %lld sequences exceeds the run state "
+                       "(%lld / %lld / %lld); raise --max-batch-tokens",
+                       (long long)T, (long long)b->n_logits, (long long)b->n_seq, (long long)rs->max_tok,
+                       (long long)rs->max_logits, (long long)rs->max_seq);
+    int rc = embed(m, rs, b, e);
+    if (rc) return rc;
+
+    K->upload(be, rs->d_pos, b->pos, (size_t)T * sizeof(int32_t));
+    K->upload(be, rs->d_seq, b->seq, (size_t)T * sizeof(int32_t));
+    K->upload(be, rs->d_tables, b->block_tables, (size_t)(b->n_seq * b->max_blocks) * sizeof(int32_t));
+    K->upload(be, rs->d_slots, b->slots, (size_t)T * sizeof(int64_t));
+    struct attn_batch ab = {.n_tok = T, .pos = rs->d_pos, .seq = rs->d_seq, .block_tables = rs->d_tables,
+                            .max_blocks = b->max_blocks, .slots = rs->d_slots};
+
+    for (int64_t il = 0; il < c->n_layer; il++) {
+        const struct layer_weights *L = &m->layers[il];
+        struct rope_params rp = layer_rope(m, il);
+        int64_t window = model_config_layer_is_swa(c, il) ? c->sliding_window : 0;
+
+        /* attention block */
+        K->rmsnorm(be, rs->xn, rs->x, L->attn_norm, c->norm_offset, T, d, c->norm_eps);
+        K->matmul(be, rs->q, &L->wq, rs->xn, T);
+        K->matmul(be, rs->k, &L->wk, rs->xn, T);
+        K->matmul(be, rs->v, &L->wv, rs->xn, T);
+        if (L->bq) {
+            K->add_bias(be, rs->q, L->bq, T, nh * hd);
+            K->add_bias(be, rs->k, L->bk, T, nkv * hd);
+            K->add_bias(be, rs->v, L->bv, T, nkv * hd);
+        }
+        if (L->q_norm) {
+            K->rmsnorm(be, rs->q, rs->q, L->q_norm, c->norm_offset, T * nh, hd, c->norm_eps);
+            K->rmsnorm(be, rs->k, rs->k, L->k_norm, c->norm_offset, T * nkv, hd, c->norm_eps);
+        }
+        K->rope(be, rs->q, rs->d_pos, T, nh, hd, &rp);
+        K->rope(be, rs->k, rs->d_pos, T, nkv, hd, &rp);
+        K->kv_store(be, &kv->layers[il], rs->k, rs->v, &ab);
+        K->attention(be, rs->att, rs->q, &kv->layers[il], &ab, nh, c->attn_scale, window);
+        K->matmul(be, rs->o, &L->wo, rs->att, T);
+        if ((rc = all_reduce(comm, rs->o, T * d, e))) return tp_err_wrap(e, "layer %lld attention", (long long)il);
+        if (L->post_attn_norm) K->rmsnorm(be, rs->o, rs->o, L->post_attn_norm, c->norm_offset, T, d, c->norm_eps);
+        K->add(be, rs->x, rs->x, rs->o, T * d);
+
+        /* feed-forward block */
+        K->rmsnorm(be, rs->xn, rs->x, L->ffn_norm, c->norm_offset, T, d, c->norm_eps);
+        K->matmul(be, rs->gate, &L->w_gate, rs->xn, T);
+        K->matmul(be, rs->up, &L->w_up, rs->xn, T);
+        K->gated_act(be, rs->gate, rs->gate, rs->up, T * ff, (enum act_kind)c->act);
+        K->matmul(be, rs->o, &L->w_down, rs->gate, T);
+        if ((rc = all_reduce(comm, rs->o, T * d, e))) return tp_err_wrap(e, "layer %lld feed-forward", (long long)il);
+        if (L->post_ffn_norm) K->rmsnorm(be, rs->o, rs->o, L->post_ffn_norm, c->norm_offset, T, d, c->norm_eps);
+        K->add(be, rs->x, rs->x, rs->o, T * d);
+    }
+
+    /* final norm and LM head, for runs of consecutive requested rows */
+    int64_t nv = m->sh.n_vocab_l;
+    for (int64_t j = 0; j < b->n_logits;) {
+        int64_t row = b->logit_rows[j], run = 1;
+        if (row < 0 || row >= T) return tp_errf(e, TP_EINVAL, "logit row %lld outside the batch of %lld", (long long)row, (long long)T);
+        while (j + run < b->n_logits && b->logit_rows[j + run] == row + run) run++;
+        K->rmsnorm(be, rs->xn + row * d, rs->x + row * d, m->output_norm, c->norm_offset, run, d, c->norm_eps);
+        K->matmul(be, rs->logits + j * nv, &m->output, rs->xn + row * d, run);
+        j += run;
+    }
+    return 0;
+}
