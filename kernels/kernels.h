@@ -129,6 +129,8 @@ struct kops {
     /* Per row r < n_rows of logits [n_rows][n]: the k largest values in descending order
      * (ties: lower index first) with their indices, and lse[r] = log(sum_i exp(logits[r][i])).
      * idx/val: [n_rows][k] host arrays; lse: [n_rows] host array (may be NULL). k <= n. */
+    /* Free and total bytes of the device (NULL: the host's memory is reported). */
+    int (*mem_info)(struct kbackend *b, int64_t *free_bytes, int64_t *total_bytes);
     void (*topk)(struct kbackend *b, int32_t *idx, float *val, float *lse, const float *logits,
                  int64_t n_rows, int64_t n, int64_t k);
 };
@@ -148,6 +150,9 @@ int kbackend_cuda_create(struct kbackend **out, const struct kbackend_opts *o, t
 void kbackend_free(struct kbackend *b);
 /* A one-line description: "cpu: avx2, 2 threads" or "cuda: NVIDIA H100 (sm_90) ...". */
 void kbackend_describe(const struct kbackend *b, char *buf, size_t n);
+/* Free and total memory of the backend's device (CPU: host MemAvailable / MemTotal).
+ * Either pointer may be NULL. Returns 0 or a negative status. */
+int kbackend_mem_info(const struct kbackend *b, int64_t *free_bytes, int64_t *total_bytes);
 /* Whether CUDA support was compiled in. */
 bool kbackend_cuda_compiled(void);
 

@@ -1,6 +1,8 @@
 /* memtrack.c - the per-rank memory tracker: used and peak bytes per owner, budget enforcement. */
 #include "memtrack.h"
 
+#include <stdio.h>
+
 static const char *const owner_names[MEM_OWNER_COUNT] = {"weights", "kv-cache", "activations", "communication",
                                                          "workspace", "other"};
 _Static_assert(sizeof owner_names / sizeof owner_names[0] == MEM_OWNER_COUNT, "owner names must cover MEM_OWNER_COUNT");
@@ -37,4 +39,22 @@ void memtrack_free(struct memtrack *t, struct kbackend *be, enum mem_owner owner
     if (!p) return;
     be->ops->free(be, p);
     memtrack_unnote(t, owner, bytes);
+}
+
+int kbackend_mem_info(const struct kbackend *b, int64_t *free_bytes, int64_t *total_bytes) {
+    if (b && b->ops->mem_info) return b->ops->mem_info((struct kbackend *)b, free_bytes, total_bytes);
+    /* host memory */
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return TP_EIO;
+    char line[256];
+    long long avail = -1, total = -1, v;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "MemAvailable: %lld kB", &v) == 1) avail = v;
+        else if (sscanf(line, "MemTotal: %lld kB", &v) == 1) total = v;
+    }
+    fclose(f);
+    if (avail < 0 || total < 0) return TP_EIO;
+    if (free_bytes) *free_bytes = (int64_t)avail * 1024;
+    if (total_bytes) *total_bytes = (int64_t)total * 1024;
+    return 0;
 }

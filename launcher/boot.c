@@ -18,13 +18,16 @@ const char *boot_opts_usage =
     "  -c, --ctx N             context length per sequence (default 2048, at most the model's)\n"
     "  --max-batch-tokens N    tokens per forward step; prompts are processed in chunks of this (default 512)\n"
     "  --kv-type T             KV cache type: f16 (default) or f32\n"
-    "  --kv-blocks N           KV cache blocks of 16 tokens per rank (default: enough for the sequences)\n";
+    "  --kv-blocks N           KV cache blocks of 16 tokens per rank (default: all the memory plan allows)\n"
+    "  --device-mem SIZE       memory budget per rank, e.g. 12GiB (default: free memory x --mem-fraction)\n"
+    "  --mem-fraction F        share of free memory a rank may use (default 0.90)\n";
 
 void boot_opts_default(struct boot_opts *o) {
     memset(o, 0, sizeof *o);
     o->backend = "auto";
     engine_opts_default(&o->eng);
     o->eng.max_seqs = 1;
+    o->mem_fraction = 0.90;
 }
 
 static int parse_i64(const char *flag, const char *v, int64_t lo, int64_t hi, int64_t *out) {
@@ -108,6 +111,21 @@ int boot_parse_opt(struct boot_opts *o, int argc, char **argv, int *i) {
             fprintf(stderr, "tpllm: --kv-type must be f16 or f32, got '%s'\n", v);
             return -1;
         }
+    } else if (!strcmp(a, "--device-mem")) {
+        TAKES_VALUE;
+        o->device_mem = boot_parse_size(v);
+        if (o->device_mem <= 0) {
+            fprintf(stderr, "tpllm: --device-mem expects a size such as 12GiB or 24GB, got '%s'\n", v);
+            return -1;
+        }
+    } else if (!strcmp(a, "--mem-fraction")) {
+        TAKES_VALUE;
+        char *end;
+        o->mem_fraction = strtod(v, &end);
+        if (*end || !(o->mem_fraction > 0 && o->mem_fraction <= 1)) {
+            fprintf(stderr, "tpllm: --mem-fraction expects a number in (0, 1], got '%s'\n", v);
+            return -1;
+        }
     } else {
         return 0;
     }
@@ -134,6 +152,39 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The memory plan for this job, from the header alone, before any weight is loaded. The
+ * budget is --device-mem or this rank's share of free memory; the engine gets the KV
+ * blocks the plan allows (or --kv-blocks, if it fits), and the tracker enforces it. */
+static int plan_memory(struct boot *b, const struct boot_opts *o, const struct kbackend_opts *ko, tp_err *e) {
+    bool cpu = !strcmp(b->be->ops->name, "cpu");
+    int64_t budget = o->device_mem;
+    if (budget == 0) {
+        int64_t avail = -1;
+        if (cpu) avail = plan_host_available(comm_topo(b->comm)->local_size);
+        else kbackend_mem_info(b->be, &avail, NULL);
+        if (avail <= 0) return tp_errf(e, TP_EINVAL, "cannot tell how much memory rank %d has; give --device-mem SIZE", b->rank);
+        budget = (int64_t)((double)avail * o->mem_fraction);
+    }
+    struct plan_opts po = {.tp = b->size, .backend = cpu ? PLAN_CPU : PLAN_CUDA, .budget = budget,
+                           .ctx = TP_MIN(o->eng.ctx, b->cfg.n_ctx_train > 0 ? b->cfg.n_ctx_train : o->eng.ctx),
+                           .max_batch_tokens = o->eng.max_batch_tokens, .max_seqs = o->eng.max_seqs,
+                           .block_size = o->eng.block_size, .kv_type = o->eng.kv_type, .n_cand = o->eng.n_cand,
+                           .max_logits = o->eng.max_logits,
+                           .n_threads = ko->n_threads};
+    int rc = plan_compute(&b->plan_mem, &b->cfg, b->file, &po, e);
+    if (rc) return rc;
+    if (!b->plan_mem.fits) {
+        char advice[2048];
+        plan_advice(&b->plan_mem, &b->cfg, b->file, advice, sizeof advice);
+        return tp_errf(e, TP_EFIT, "the model does not fit: %s", advice);
+    }
+    b->track.budget = budget;
+    b->be->track = &b->track;
+    memtrack_note(&b->track, MEM_WORKSPACE, b->be->workspace_bytes);
+    memtrack_note(&b->track, MEM_OTHER, b->plan_mem.ranks[b->rank].overhead);
+    return 0;
 }
 
 /* This rank's part: everything up to and including the weights. */
@@ -168,7 +219,7 @@ static int start_local(struct boot *b, const struct boot_opts *o, tp_err *e) {
     } else if ((rc = kbackend_cpu_create(&b->be, &ko, e))) {
         return rc;
     }
-    return 0;
+    return plan_memory(b, o, &ko, e);
 }
 
 static int load_weights(struct boot *b, tp_err *e) {
@@ -205,24 +256,39 @@ static int report(struct boot *b, const struct boot_opts *o, tp_err *e) {
     return rc;
 }
 
+/* Agree on failure across ranks. A rank other than 0 that failed itself prints its own
+ * message (rank 0 only learns which rank failed); rank 0 prints what it gets back. */
+static int agree(struct boot *b, int rc, tp_err *e) {
+    if (rc && b->rank != 0) fprintf(stderr, "tpllm: rank %d (host %s): %s\n", b->rank, comm_topo(b->comm)->host, e->msg);
+    int bad = -1;
+    return comm_any_error(b->comm, rc, &bad, e);
+}
+
 int boot_start(struct boot *b, const struct boot_opts *o, tp_err *e) {
     memset(b, 0, sizeof *b);
     int rc = comm_create_mpi(&b->comm, 0, e);
     if (rc) return rc;
     b->rank = comm_rank(b->comm);
     b->size = comm_size(b->comm);
-    int bad = -1;
     rc = start_local(b, o, e);
-    if ((rc = comm_any_error(b->comm, rc, &bad, e))) return rc;
+    if ((rc = agree(b, rc, e))) return rc;
     double old = comm_get_timeout(b->comm);
     comm_set_timeout(b->comm, TP_MAX(old, 600.0)); /* loading a large shard may take minutes */
     rc = load_weights(b, e);
-    if ((rc = comm_any_error(b->comm, rc, &bad, e))) return rc;
+    if ((rc = agree(b, rc, e))) return rc;
     struct engine_opts eo = o->eng;
-    if (eo.ctx > b->cfg.n_ctx_train && b->cfg.n_ctx_train > 0) eo.ctx = b->cfg.n_ctx_train;
+    eo.ctx = b->plan_mem.o.ctx;
+    if (eo.n_blocks == 0 && !strcmp(b->be->ops->name, "cpu")) /* host RAM: hold what the sequences need */
+        eo.n_blocks = TP_MIN(b->plan_mem.kv_blocks, b->plan_mem.blocks_per_seq * eo.max_seqs);
+    if (eo.n_blocks == 0 || eo.n_blocks > b->plan_mem.kv_blocks) {
+        if (eo.n_blocks > b->plan_mem.kv_blocks && b->rank == 0)
+            fprintf(stderr, "tpllm: --kv-blocks %lld does not fit the budget; using %lld\n", (long long)eo.n_blocks,
+                    (long long)b->plan_mem.kv_blocks);
+        eo.n_blocks = b->plan_mem.kv_blocks;
+    }
     rc = engine_create(&b->engine, &b->model, b->comm, &eo, e);
     if (rc == 0 && b->rank == 0) rc = tokenizer_load(&b->tok, b->file, e);
-    if ((rc = comm_any_error(b->comm, rc, &bad, e))) return rc;
+    if ((rc = agree(b, rc, e))) return rc;
     comm_set_timeout(b->comm, old);
     return report(b, o, e);
 }
@@ -233,6 +299,7 @@ void boot_finish(struct boot *b) {
     if (b->model_loaded) model_free(&b->model);
     kbackend_free(b->be);
     shard_plan_free(&b->plan);
+    plan_free(&b->plan_mem);
     gguf_close(b->file);
     comm_free(b->comm);
     memset(b, 0, sizeof *b);

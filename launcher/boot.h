@@ -3,7 +3,9 @@
 #ifndef TPLLM_BOOT_H
 #define TPLLM_BOOT_H
 
+#include "kernels/memtrack.h"
 #include "runtime/engine.h"
+#include "runtime/planner.h"
 #include "runtime/tokenizer.h"
 
 struct boot_opts {
@@ -12,6 +14,8 @@ struct boot_opts {
     int threads;             /* --threads: 0 = default from the topology */
     const char *backend;     /* --backend cpu|cuda|auto */
     struct engine_opts eng;  /* --ctx, --max-batch-tokens, --kv-type, --kv-blocks ... */
+    int64_t device_mem;      /* --device-mem: budget per rank in bytes (0: free memory x mem_fraction) */
+    double mem_fraction;     /* --mem-fraction (default 0.90) */
     bool quiet;              /* no startup report */
 };
 void boot_opts_default(struct boot_opts *o);
@@ -34,6 +38,8 @@ struct boot {
     bool model_loaded;
     struct engine *engine;
     struct tokenizer *tok;
+    struct memtrack track;   /* this rank's memory: the backend allocates through it */
+    struct plan plan_mem;    /* the memory plan the engine was sized by */
     double load_seconds;
 };
 

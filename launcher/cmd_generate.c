@@ -21,7 +21,8 @@ static void usage(FILE *out) {
             "  --chat-format F         force a chat format: gemma, llama3, chatml\n"
             "  --ignore-eos            do not stop at end-of-generation tokens\n"
             "  --no-bos                do not add BOS even if the model asks for it\n"
-            "  --show-tokens           print the generated token ids to stderr\n"
+            "  --show-tokens           print the prompt and generated token ids to stderr\n"
+            "  --dump-logits FILE      write the full logits (float32, n_vocab values) of the last prompt position\n"
             "%s%s",
             boot_opts_usage, sampling_opts_usage);
 }
@@ -59,7 +60,7 @@ static char *read_file(const char *path) {
 struct gen_args {
     struct boot_opts bo;
     struct sampling_opts so;
-    const char *prompt, *prompt_file, *system, *chat_format;
+    const char *prompt, *prompt_file, *system, *chat_format, *dump_logits;
     int64_t n_predict;
     bool chat, ignore_eos, no_bos, show_tokens;
 };
@@ -86,6 +87,7 @@ static int parse(struct gen_args *a, int argc, char **argv) {
         else if (v && (!strcmp(o, "-f") || !strcmp(o, "--file"))) a->prompt_file = argv[++i];
         else if (v && !strcmp(o, "--system")) a->system = argv[++i];
         else if (v && !strcmp(o, "--chat-format")) a->chat_format = argv[++i];
+        else if (v && !strcmp(o, "--dump-logits")) a->dump_logits = argv[++i];
         else if (v && (!strcmp(o, "-n") || !strcmp(o, "--n-predict"))) {
             char *end;
             long long n = strtoll(argv[++i], &end, 10);
@@ -153,6 +155,36 @@ static int build_prompt(const struct gen_args *a, struct boot *b, const char *te
     return rc;
 }
 
+/* Rank 0: the logits of the prompt's last position, gathered from every rank, to a file. */
+static int dump_logits(struct boot *b, const char *path, const int32_t *ids, int64_t n, tp_err *e) {
+    int64_t V = b->cfg.n_vocab, chunk = engine_max_batch(b->engine);
+    float *logits = malloc((size_t)V * sizeof(float));
+    int32_t *pos = malloc((size_t)chunk * sizeof(int32_t)), *seqv = malloc((size_t)chunk * sizeof(int32_t));
+    int rc = 0, seq = -1;
+    if (!logits || !pos || !seqv) rc = tp_errf(e, TP_ENOMEM, "out of memory");
+    if (rc == 0 && (seq = engine_seq_open(b->engine, n, e)) < 0) rc = seq;
+    for (int64_t s = 0; rc == 0 && s < n; s += chunk) {
+        int64_t m = TP_MIN(chunk, n - s);
+        for (int64_t i = 0; i < m; i++) {
+            pos[i] = (int32_t)(s + i);
+            seqv[i] = seq;
+        }
+        int32_t row = (int32_t)(m - 1);
+        rc = engine_logits(b->engine, m, ids + s, pos, seqv, s + m == n ? 1 : 0, &row, logits, e);
+    }
+    if (seq >= 0) engine_seq_close(b->engine, seq);
+    if (rc == 0) {
+        FILE *f = fopen(path, "wb");
+        if (!f || fwrite(logits, sizeof(float), (size_t)V, f) != (size_t)V)
+            rc = tp_errf(e, TP_EIO, "cannot write the logits to '%s'; check the path and free space", path);
+        if (f) fclose(f);
+    }
+    free(logits);
+    free(pos);
+    free(seqv);
+    return rc;
+}
+
 int cmd_generate(int argc, char **argv) {
     struct gen_args a;
     memset(&a, 0, sizeof a);
@@ -175,7 +207,7 @@ int cmd_generate(int argc, char **argv) {
     struct boot b;
     int rc = boot_start(&b, &a.bo, &e);
     if (rc) {
-        if (b.rank == 0 || e.msg[0]) fprintf(stderr, "tpllm: %s\n", e.msg);
+        if (b.rank == 0) fprintf(stderr, "tpllm: %s\n", e.msg);
         boot_finish(&b);
         boot_mpi_finalize();
         free(file_prompt);
@@ -190,6 +222,15 @@ int cmd_generate(int argc, char **argv) {
         int64_t n = 0;
         struct gen_result res = {0};
         rc = build_prompt(&a, &b, file_prompt ? file_prompt : a.prompt, &ids, &n, &e);
+        if (rc == 0 && a.show_tokens) {
+            fprintf(stderr, "prompt tokens:");
+            for (int64_t i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+            fprintf(stderr, "\n");
+        }
+        if (rc == 0 && a.dump_logits) {
+            rc = dump_logits(&b, a.dump_logits, ids, n, &e);
+            if (rc == TP_ECOMM) comm_abort(b.comm, 1, e.msg);
+        }
         if (rc == 0) {
             struct gen_request req = {.prompt = ids, .n_prompt = n, .max_tokens = a.n_predict, .sp = a.so.sp,
                                       .stops = a.so.stops, .n_stops = a.so.n_stops, .ignore_eos = a.ignore_eos};

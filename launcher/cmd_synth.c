@@ -133,8 +133,8 @@ static int parse_args(int argc, char **argv, struct synth_opts *o) {
         {"rope-orig-ctx", 1, 0, O_RORIG}, {"norm-eps", 1, 0, O_EPS},  {"vocab-from", 1, 0, O_VFROM},
         {"help", 0, 0, 'h'},            {0, 0, 0, 0},
     };
-    int64_t v;
-    float f;
+    int64_t v = 0;
+    float f = 0;
     const char *rscale = "none";
     memset(o, 0, sizeof *o);
     o->dim = o->layers = o->heads = o->kv_heads = o->head_dim = o->ff = o->vocab = o->ctx = o->swa = -1;
@@ -223,6 +223,11 @@ static int finish_opts(struct synth_opts *o) {
     DEF(ctx, 2048);
     DEF(swa, 128);
 #undef DEF
+    if (o->heads % o->kv_heads) {
+        fprintf(stderr, "tpllm synth: --heads %lld is not a multiple of --kv-heads %lld; use a divisor of %lld\n",
+                (long long)o->heads, (long long)o->kv_heads, (long long)o->heads);
+        return -1;
+    }
     if (o->head_dim < 0) {
         if (o->dim % o->heads) {
             fprintf(stderr, "tpllm synth: --dim %lld is not divisible by --heads %lld; give --head-dim too\n",
@@ -234,11 +239,6 @@ static int finish_opts(struct synth_opts *o) {
     if (o->head_dim % 2) {
         fprintf(stderr, "tpllm synth: the head width %lld is odd; rope needs an even --head-dim\n",
                 (long long)o->head_dim);
-        return -1;
-    }
-    if (o->heads % o->kv_heads) {
-        fprintf(stderr, "tpllm synth: --heads %lld is not a multiple of --kv-heads %lld; use a divisor of %lld\n",
-                (long long)o->heads, (long long)o->kv_heads, (long long)o->heads);
         return -1;
     }
     if (!o->embd_type_set) o->embd_type = o->type;

@@ -34,7 +34,10 @@ struct comm;
 /* Create the MPI communicator over MPI_COMM_WORLD (MPI must be initialised). timeout_s
  * bounds every collective (0: default 60 s; env TPLLM_COMM_TIMEOUT overrides).
  * Collective over MPI_COMM_WORLD. On success *out owns duplicated MPI communicators
- * (free with comm_free before MPI_Finalize); on failure *out is NULL and e says why. */
+ * (free with comm_free before MPI_Finalize); on failure *out is NULL and e says why.
+ * Sets MPI_ERRORS_RETURN on its communicators and on MPI_COMM_WORLD (Open MPI reports
+ * failed non-blocking collectives there): MPI errors come back as TP_ECOMM with
+ * MPI_Error_string's text, and the launcher decides to stop (comm_abort). */
 int comm_create_mpi(struct comm **out, double timeout_s, tp_err *e);
 /* Release the communicator; NULL is a no-op. Must run before MPI_Finalize. A broken
  * communicator (after TP_ECOMM) leaks its MPI handles on purpose: a timed-out

@@ -79,6 +79,8 @@ static int comm_mpi_fail(struct comm *c, tp_err *e, int rc, const char *call, co
     char s[MPI_MAX_ERROR_STRING];
     int len = 0;
     if (MPI_Error_string(rc, s, &len) != MPI_SUCCESS) snprintf(s, sizeof s, "MPI error code %d", rc);
+    const char *slash = strrchr(file, '/');
+    file = slash ? slash + 1 : file;
     return comm_break(c, e, "rank %d on host %s: %s failed during %s (%s:%d): %s; the job will stop", c->topo.rank,
                       comm_host(c), call, what, file, line, s);
 }
@@ -429,6 +431,11 @@ int comm_create_mpi(struct comm **out, double timeout_s, tp_err *e) {
     tp_err terr = {0};
     int local = comm_resolve_timeout(timeout_s, &timeout, &terr);
 
+    /* Open MPI 4.1 reports the failure of a non-blocking collective, found by MPI_Test,
+     * through MPI_COMM_WORLD's handler rather than the request's communicator: WORLD
+     * must return errors too, or a truncated broadcast would kill the job without our
+     * message. */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     /* Duplicate WORLD without blocking, so that a rank that never arrives is reported. */
     MPI_Request req;
     int rc = MPI_Comm_idup(MPI_COMM_WORLD, &c->world, &req);

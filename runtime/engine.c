@@ -72,7 +72,7 @@ static size_t payload_bytes(int64_t n_tok, int64_t n_seq, int64_t max_blocks, in
 }
 
 size_t engine_host_bytes(const struct engine_opts *o, int64_t n_vocab_l, int tp) {
-    int64_t max_logits = TP_MAX(o->max_batch_tokens, o->max_seqs);
+    int64_t max_logits = engine_opts_max_logits(o);
     int64_t max_blocks_seq = (o->ctx + o->block_size - 1) / o->block_size;
     int64_t n_blocks = o->n_blocks > 0 ? o->n_blocks : max_blocks_seq * o->max_seqs;
     size_t kmax = (size_t)TP_MAX(o->n_cand, 1);
@@ -104,7 +104,7 @@ int engine_create(struct engine **out, struct model *m, struct comm *comm, const
     en->nv_max = (m->cfg.n_vocab + en->tp - 1) / en->tp;
     en->k = (int)TP_MIN((int64_t)TP_MAX(o->n_cand, 1), m->sh.n_vocab_l);
     if (en->k < 1) en->k = 1;
-    int64_t max_logits = TP_MAX(o->max_batch_tokens, o->max_seqs);
+    int64_t max_logits = engine_opts_max_logits(o);
     rc = run_state_create(&en->rs, m, o->max_batch_tokens, max_logits, o->max_seqs, en->max_blocks_seq, e);
     if (rc) goto error;
     rc = kv_cache_create(&en->kv, m->be, &m->cfg, m->sh.n_kv_l, en->o.n_blocks, o->block_size, o->kv_type, e);

@@ -18,7 +18,12 @@ struct engine_opts {
     int64_t n_blocks;         /* KV blocks per rank; 0: enough for max_seqs full contexts */
     enum dtype kv_type;       /* F16 (default) or F32 */
     int n_cand;               /* candidates each rank contributes per row (>= top_k) */
+    int64_t max_logits;       /* logit rows per step (0: max_seqs; scoring sets it to max_batch_tokens) */
 };
+/* The logit rows per step these options give. */
+static inline int64_t engine_opts_max_logits(const struct engine_opts *o) {
+    return o->max_logits > 0 ? o->max_logits : (o->max_seqs > 0 ? o->max_seqs : 1);
+}
 void engine_opts_default(struct engine_opts *o);
 /* Host bytes an engine with these options allocates for its own buffers (planned and tracked as communication). */
 size_t engine_host_bytes(const struct engine_opts *o, int64_t n_vocab_l, int tp);

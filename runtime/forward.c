@@ -103,6 +103,9 @@ int run_state_create(struct run_state *rs, const struct model *m, int64_t max_to
         return tp_errf(e, TP_ENOMEM, "cannot allocate %.1f MiB of activations for %lld tokens per step; lower --max-batch-tokens",
                        (double)L.total / (1 << 20), (long long)max_tok);
     }
+    /* on a CPU rank the host staging area is part of the rank's (host) budget */
+    rs->host_bytes = strcmp(be->ops->name, "cpu") ? 0 : (size_t)max_tok * (size_t)m->cfg.n_embd * sizeof(float);
+    memtrack_note(be->track, MEM_ACTIVATIONS, rs->host_bytes);
     uint8_t *base = rs->mem;
     rs->x = (float *)(base + L.off[0]);
     rs->xn = (float *)(base + L.off[1]);
@@ -129,6 +132,7 @@ int run_state_create(struct run_state *rs, const struct model *m, int64_t max_to
 void run_state_free(struct run_state *rs, struct kbackend *be) {
     if (!rs) return;
     if (rs->mem) memtrack_free(be->track, be, MEM_ACTIVATIONS, rs->mem, rs->bytes);
+    memtrack_unnote(be->track, MEM_ACTIVATIONS, rs->host_bytes);
     free(rs->host_x);
     memset(rs, 0, sizeof *rs);
 }

@@ -51,6 +51,7 @@ struct run_state {
     void *mem;
     size_t bytes;
     float *host_x; /* [max_tok][d] host staging for embedding rows */
+    size_t host_bytes; /* host_x's size when it counts against the rank's budget (CPU ranks) */
 };
 
 size_t run_state_bytes(const struct model_config *c, const struct model_shard *sh, int64_t max_tok,

@@ -51,6 +51,7 @@ static struct engine_opts engine_opts_of(const struct plan_opts *o) {
     eo.block_size = o->block_size;
     eo.kv_type = o->kv_type;
     eo.n_cand = o->n_cand;
+    eo.max_logits = o->max_logits;
     return eo;
 }
 
@@ -78,7 +79,7 @@ int plan_compute(struct plan *p, const struct model_config *c, const struct gguf
                                  .n_kv_l = shard_len(sp.kv_heads[r]), .n_ff_l = shard_len(sp.ff[r]),
                                  .n_vocab_l = shard_len(sp.vocab[r])};
         if ((rc = model_weight_bytes(c, f, &sp, r, &R->weights, e))) break;
-        int64_t max_logits = TP_MAX(o->max_batch_tokens, o->max_seqs);
+        int64_t max_logits = engine_opts_max_logits(&eo);
         R->activations = run_state_bytes(c, &sh, o->max_batch_tokens, max_logits, o->max_seqs, p->blocks_per_seq) +
                          workspace_bytes(o, c);
         if (o->backend == PLAN_CPU) R->activations += (size_t)o->max_batch_tokens * (size_t)c->n_embd * sizeof(float);

@@ -21,6 +21,7 @@ struct plan_opts {
     int64_t block_size;       /* KV tokens per block */
     enum dtype kv_type;
     int n_cand;               /* sampling candidates per rank */
+    int64_t max_logits;       /* logit rows per step (0: max_seqs) */
     int n_threads;            /* CPU threads (scratch scales with it) */
 };
 

@@ -35,7 +35,7 @@
 enum { TPOOL_SPIN = 4096 };
 
 struct tpool {
-    int n_threads;     /* including the caller */
+    int n_threads;      /* including the caller */
     pthread_t *workers; /* n_threads - 1 */
     int n_started;
 

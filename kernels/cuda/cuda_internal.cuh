@@ -59,6 +59,8 @@ struct cuda_backend {
     float *tk_val;   /* [max_tokens][CUDA_TOPK_MAX_K] */
     float *tk_lse;   /* [max_tokens] */
 
+    size_t scratch_bytes; /* device memory allocated for the scratch above */
+
     tp_err err;       /* first failure inside an op (ops return void) */
     bool err_printed; /* whether it went to stderr already */
 };
@@ -72,6 +74,9 @@ static inline struct cuda_backend *cuda_of(const struct kbackend *b) {
  * buffer stay inside it. NULL on failure (or for 0 bytes); free(NULL) is a no-op. */
 void *cuda_mem_alloc(struct cuda_backend *cb, size_t bytes);
 void cuda_mem_free(struct cuda_backend *cb, void *p);
+/* cuda_mem_alloc for the backend's own scratch at creation, counted in scratch_bytes (which
+ * becomes kbackend.workspace_bytes). */
+void *cuda_scratch_alloc(struct cuda_backend *cb, size_t bytes);
 
 /* Check that `func` can be launched with `threads` threads and `dyn_smem` bytes of dynamic
  * shared memory on this device, raising the function's dynamic shared-memory limit when

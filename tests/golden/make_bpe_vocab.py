@@ -8,6 +8,9 @@ own writer) as vocab-only files (no tensors; llama.cpp loads them with vocab_onl
   tests/fixtures/tok_bpe_qwen2.gguf   byte-level BPE ("gpt2"), tokenizer.ggml.pre = "qwen2"
   tests/fixtures/tok_bpe_llama3.gguf  the same vocabulary, pre = "llama-bpe" (llama3 regex,
                                       ignore_merges, add_bos)
+  tests/fixtures/tok_bpe_gpt2.gguf    the same vocabulary, pre = "gpt-2" (GPT-2 regex)
+  tests/fixtures/tok_bpe_default.gguf the same vocabulary, pre = "default" (llama.cpp's
+                                      four-regex fallback)
   tests/fixtures/tok_spm.gguf         SentencePiece-style ("llama"): scores, <0xNN> byte
                                       fallback, add_space_prefix left at llama.cpp's default
 
@@ -46,6 +49,7 @@ def corpus():
                 texts.append(s)
     texts.append("def main():\n    for i in range(10):\n        print(i)\n" * 5)
     texts.append("int main(void) {\n    return 0;\n}\n" * 5)
+    texts.append(" ".join(str(i * 7919 % 100003) for i in range(600)))  # digit merges
     return texts
 
 
@@ -119,7 +123,7 @@ def write(path, arch, fill):
 
 def make_bpe(texts):
     b2u = bytes_to_unicode()
-    pat = re.compile(r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d| ?[^\s\w]+|\s+(?!\S)|\s+")
+    pat = re.compile(r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+|\d{1,3}| ?[^\s\w]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
     words = collections.Counter()
     for t in texts:
         for m in pat.findall(t):
@@ -165,8 +169,19 @@ def make_bpe(texts):
         w.add_eot_token_id(ids["<|eot_id|>"])
         w.add_add_bos_token(True)
 
+    def plain(pre):
+        def fill(w):
+            common(w)
+            w.add_tokenizer_pre(pre)
+            w.add_bos_token_id(ids["<|endoftext|>"])
+            w.add_eos_token_id(ids["<|endoftext|>"])
+            w.add_eot_token_id(ids["<|endoftext|>"])
+        return fill
+
     write(os.path.join(FIXTURES, "tok_bpe_qwen2.gguf"), "qwen2", qwen2)
     write(os.path.join(FIXTURES, "tok_bpe_llama3.gguf"), "qwen2", llama3)
+    write(os.path.join(FIXTURES, "tok_bpe_gpt2.gguf"), "qwen2", plain("gpt-2"))
+    write(os.path.join(FIXTURES, "tok_bpe_default.gguf"), "qwen2", plain("default"))
 
 
 def make_spm(texts):

@@ -6,6 +6,8 @@
  *   comm_stress --hang-rank R --timeout T
  *                                       rank R sleeps instead of joining: the others time out after
  *                                       T s, name the missing rank and call comm_abort
+ *   comm_stress --mismatch              rank 0 broadcasts more bytes than the others expect: MPI's
+ *                                       error comes back as a status and the job stops
  *
  * Correctness: all-reduce of 0, 1, 7, 4096 and 1<<20 floats against a double-precision
  * reference that every rank computes from every rank's inputs (they are generated from
@@ -37,6 +39,7 @@ struct opts {
     int die_rank, hang_rank; /* -1: off */
     double timeout_s;        /* 0: communicator default */
     int iters;               /* latency loop */
+    bool mismatch;           /* broadcast with sizes that differ between ranks */
 };
 
 struct run {
@@ -262,6 +265,19 @@ static int failure_mode(struct run *R, const struct opts *o) {
     comm_abort(R->c, 4, msg);
 }
 
+/* --mismatch: rank 0 broadcasts more bytes than the others expect (a programming error).
+ * MPI reports it (MPI_ERRORS_RETURN): the receivers must fail with MPI's own text and
+ * stop the job rather than go on with a short message. */
+static int mismatch_mode(struct run *R) {
+    tp_err e = {0};
+    char buf[4096] = {0};
+    int rc = comm_bcast(R->c, buf, R->rank == 0 ? sizeof buf : 16, 0, &e);
+    if (rc == 0) rc = comm_barrier(R->c, &e);
+    if (rc) comm_abort(R->c, 5, e.msg);
+    fprintf(stderr, "comm_stress: rank %d: a broadcast of mismatched sizes was not reported\n", R->rank);
+    return 1;
+}
+
 static int parse(int argc, char **argv, struct opts *o) {
     *o = (struct opts){.die_rank = -1, .hang_rank = -1, .timeout_s = 0, .iters = 1000};
     for (int i = 1; i < argc; i++) {
@@ -270,8 +286,9 @@ static int parse(int argc, char **argv, struct opts *o) {
         else if (!strcmp(a, "--hang-rank") && v) o->hang_rank = atoi(argv[++i]);
         else if (!strcmp(a, "--timeout") && v) o->timeout_s = atof(argv[++i]);
         else if (!strcmp(a, "--iters") && v) o->iters = atoi(argv[++i]);
+        else if (!strcmp(a, "--mismatch")) o->mismatch = true;
         else {
-            fprintf(stderr, "usage: comm_stress [--die-rank R | --hang-rank R] [--timeout SECONDS] [--iters N]\n");
+            fprintf(stderr, "usage: comm_stress [--die-rank R | --hang-rank R | --mismatch] [--timeout SECONDS] [--iters N]\n");
             return -1;
         }
     }
@@ -305,6 +322,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (victim >= 0) return failure_mode(&R, &o);
+    if (o.mismatch) return mismatch_mode(&R);
 
     const char *s = getenv("TPLLM_TEST_SEED");
     R.seed = s ? strtoull(s, NULL, 0) : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20));

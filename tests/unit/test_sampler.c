@@ -290,9 +290,9 @@ static int both_ways(const struct sampler_params *p, struct sampler *full, struc
     cr_assert(fabsf(lse - lse_full) <= 1e-5f * fabsf(lse_full) + 1e-5f);
     int rc = sampler_sample(dist, ids, vals, n, lse, n == V, t_dist, NULL);
     cr_assert_geq(rc, 0);
-    if (rc == 1) {
+    if (rc == 1) { /* gather the whole vocabulary; its lse is recomputed over it, as the engine does */
         sort_all(x, V, 0, ids, vals);
-        cr_assert_eq(sampler_sample(dist, ids, vals, V, lse, true, t_dist, NULL), 0);
+        cr_assert_eq(sampler_sample(dist, ids, vals, V, lse_full, true, t_dist, NULL), 0);
     }
     ranks_free(&r);
     free(ids);
@@ -369,6 +369,70 @@ Test(sampler, asks_for_more_candidates_when_they_cannot_prove_the_nucleus) {
     free(x);
     free(ids);
     free(vals);
+}
+
+/* Hand-made slices: rank r owns [r * 1000, (r + 1) * 1000); each gives its top 16. */
+static void merge_hand_made(const float *x, int R, struct sampler_params *p, int32_t *ids, float *vals, int64_t *n,
+                            float *lse) {
+    int32_t *sid = malloc(1000 * sizeof(int32_t)), *cid = malloc((size_t)R * 16 * sizeof(int32_t));
+    float *sv = malloc(1000 * sizeof(float)), *cv = malloc((size_t)R * 16 * sizeof(float));
+    int64_t counts[8];
+    float lses[8];
+    for (int r = 0; r < R; r++) {
+        sort_all(x + r * 1000, 1000, r * 1000, sid, sv);
+        memcpy(cid + r * 16, sid, 16 * sizeof(int32_t));
+        memcpy(cv + r * 16, sv, 16 * sizeof(float));
+        counts[r] = 16;
+        lses[r] = (float)lse_double(x + r * 1000, 1000);
+    }
+    p->n_cand = 16;
+    cr_assert_eq(sampler_merge(ids, vals, n, lse, cid, cv, counts, lses, R, NULL), 0);
+    free(sid);
+    free(cid);
+    free(sv);
+    free(cv);
+}
+
+Test(sampler, mass_proofs_extend_the_certified_prefix_but_never_past_a_missing_token) {
+    tu_rng rng;
+    tu_rng_init(&rng, tu_seed());
+    enum { R = 4, V = R * 1000 };
+    float *x = malloc(V * sizeof(float)), *vals = malloc(V * sizeof(float)), *fv = malloc(V * sizeof(float));
+    int32_t *ids = malloc(V * sizeof(int32_t)), *fi = malloc(V * sizeof(int32_t));
+    double *q = malloc(V * sizeof(double)), *want = malloc(V * sizeof(double));
+    int64_t n, k;
+    float lse;
+
+    /* 5 strong tokens per rank, the rest negligible: 20 strong tokens in the list, more than
+     * the 16 a rank guarantees, holding all but ~1e-6 of the mass. The 0.95 nucleus has 19. */
+    for (int64_t i = 0; i < V; i++) x[i] = -10.0f + 0.1f * tu_normal(&rng);
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < 5; i++) x[r * 1000 + 7 * i + 3] = 5.0f + 0.01f * tu_normal(&rng);
+    struct sampler_params p = params(1.0f, 0, 0.95f, 0.0f, 1);
+    merge_hand_made(x, R, &p, ids, vals, &n, &lse);
+    cr_assert_eq(sampler_dist(&p, ids, vals, n, lse, false, &k, q, NULL), 0, "the mass proves the nucleus");
+    sort_all(x, V, 0, fi, fv);
+    cr_assert_eq(k, ref_dist(&p, fv, V, (double)lse, want));
+    cr_assert_eq(k, 19);
+
+    /* Rank 0 has 16 strong tokens and a 17th (unseen: not in its 16) at 5% of the best, ~0.3%
+     * of the mass; the other ranks send weak tokens (0.25% of the best). min_p = 0.01 keeps the
+     * unseen token, so the candidates cannot decide: refuse, although its mass is small. */
+    for (int64_t i = 0; i < V; i++) x[i] = -10.0f + 0.1f * tu_normal(&rng);
+    for (int i = 0; i < 16; i++) x[11 * i] = 4.0f + 0.01f * tu_normal(&rng);
+    x[11 * 16] = 4.0f + logf(0.05f);
+    for (int r = 1; r < R; r++)
+        for (int i = 0; i < 16; i++) x[r * 1000 + i] = -2.0f + 0.01f * tu_normal(&rng);
+    p = params(1.0f, 0, 1.0f, 0.01f, 1);
+    merge_hand_made(x, R, &p, ids, vals, &n, &lse);
+    cr_assert_eq(sampler_dist(&p, ids, vals, n, lse, false, &k, q, NULL), 1, "token 17 of rank 0 is unseen");
+    free(x);
+    free(vals);
+    free(fv);
+    free(ids);
+    free(fi);
+    free(q);
+    free(want);
 }
 
 Test(sampler, incomplete_lists_are_either_exact_or_refused) {

@@ -1,0 +1,251 @@
+/* ops.cu - the CUDA backend's row-wise and element-wise ops: RMS norm, rotary embedding,
+ * gated activation, add, scale and bias. Each follows kernels/cpu/ops.c operation by
+ * operation, in the same order, with IEEE-rounded intrinsics (__fmul_rn, __fdiv_rn, ...)
+ * so that --use_fast_math can neither contract nor approximate them:
+ *   rmsnorm   y = x * (1 / sqrt((float)(sum x^2 / n) + eps)) * (w + w_offset), sum in double;
+ *             without w: y = x * scale. Bit-identical to the CPU up to the double sum's order.
+ *   rope      per token, theta = pos, then theta *= base^(-2/n_rot) after each pair (ggml's
+ *             rope cache, sequential, in float - done by one thread per token, which keeps the
+ *             exact float sequence); extrap = theta / ff[i]; interp = freq_scale * extrap;
+ *             YaRN: th = interp (1 - mix) + extrap mix, mix = ramp(i) * ext_factor, magnitude
+ *             mscale_ext; (a, b) -> (a c - b s, a s + b c), c = cos(th) m, s = sin(th) m.
+ *             cos/sin are evaluated in double and rounded (fast-math sinf is not accurate for
+ *             large angles): within 1 ulp of glibc's cosf/sinf.
+ *   gated_act silu: g / (1 + e^-g) * u; gelu_tanh: g / (1 + e^(-2y)) * u, y = c g (1 + a g^2);
+ *             e^x in double, rounded: within a few ulp of the CPU (whose AVX2 exp is 2 ulp).
+ *   add, scale, add_bias: one IEEE operation per element, exact. */
+#include "cuda_internal.cuh"
+
+#include <math.h>
+
+namespace {
+
+constexpr int EW_THREADS = 256;
+constexpr int NORM_THREADS = 256;
+constexpr int ROPE_THREADS = 256;
+constexpr int ROPE_MAX_PAIRS = 1024; /* head_dim up to 2048 */
+
+/* ---- rmsnorm: one block per row ---- */
+
+__global__ void __launch_bounds__(NORM_THREADS)
+rmsnorm_kernel(float *y, const float *x, const float *__restrict__ w, float off, int64_t n, float eps) {
+    __shared__ double part[NORM_THREADS / 32];
+    __shared__ float scale_s;
+    const float *xr = x + (int64_t)blockIdx.x * n;
+    float *yr = y + (int64_t)blockIdx.x * n;
+    double ss = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const double v = (double)xr[i];
+        ss += v * v;
+    }
+#pragma unroll
+    for (int o = 16; o; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int i = 0; i < NORM_THREADS / 32; i++) t += part[i];
+        const float mean = (float)(t / (double)n);
+        scale_s = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean, eps)));
+    }
+    __syncthreads();
+    const float scale = scale_s;
+    if (w) {
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), __fadd_rn(w[i], off));
+    } else {
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(xr[i], scale);
+    }
+}
+
+/* ---- rope: one block per token ---- */
+
+struct rope_k {
+    int64_t n_head, head_dim, half; /* half = n_rot / 2 pairs */
+    int neox;
+    float theta_scale, freq_scale, ext_factor, mscale, mscale_ext, corr0, corr1;
+    const float *freq_factors; /* device, [half], or NULL */
+};
+
+__global__ void __launch_bounds__(ROPE_THREADS)
+rope_kernel(float *x, const int32_t *__restrict__ pos, rope_k p) {
+    __shared__ float th_s[ROPE_MAX_PAIRS];
+    __shared__ float cs_s[ROPE_MAX_PAIRS], sn_s[ROPE_MAX_PAIRS];
+    const int64_t t = blockIdx.x;
+    if (threadIdx.x == 0) {
+        float theta = (float)pos[t];
+        for (int64_t i = 0; i < p.half; i++) {
+            th_s[i] = theta;
+            theta = __fmul_rn(theta, p.theta_scale);
+        }
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < p.half; i += blockDim.x) {
+        const float theta = th_s[i];
+        const float extrap = p.freq_factors ? __fdiv_rn(theta, p.freq_factors[i]) : theta;
+        const float interp = __fmul_rn(p.freq_scale, extrap);
+        float th = interp, ms = p.mscale;
+        if (p.ext_factor != 0.0f) {
+            const float yv = __fdiv_rn(__fsub_rn((float)i, p.corr0), fmaxf(0.001f, __fsub_rn(p.corr1, p.corr0)));
+            const float ramp = __fsub_rn(1.0f, fminf(1.0f, fmaxf(0.0f, yv)));
+            const float mix = __fmul_rn(ramp, p.ext_factor);
+            th = __fadd_rn(__fmul_rn(interp, __fsub_rn(1.0f, mix)), __fmul_rn(extrap, mix));
+            ms = p.mscale_ext;
+        }
+        double sd, cd;
+        sincos((double)th, &sd, &cd);
+        cs_s[i] = __fmul_rn((float)cd, ms);
+        sn_s[i] = __fmul_rn((float)sd, ms);
+    }
+    __syncthreads();
+    const int64_t work = p.n_head * p.half;
+    for (int64_t j = threadIdx.x; j < work; j += blockDim.x) {
+        const int64_t h = j / p.half, i = j % p.half;
+        float *xh = x + (t * p.n_head + h) * p.head_dim;
+        float *a = p.neox ? xh + i : xh + 2 * i;
+        float *b = p.neox ? xh + i + p.half : xh + 2 * i + 1;
+        const float x0 = *a, x1 = *b, c = cs_s[i], s = sn_s[i];
+        *a = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+        *b = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+    }
+}
+
+/* ---- element-wise ---- */
+
+__device__ __forceinline__ float exp_acc(float v) { return (float)exp((double)v); }
+
+template <int ACT>
+__global__ void __launch_bounds__(EW_THREADS)
+gated_act_kernel(float *out, const float *gate, const float *up, int64_t n) {
+    const float GC = 0.7978845608028654f, GA = 0.044715f;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float g = gate[i], u = up[i];
+        float e;
+        if (ACT == ACT_GELU_TANH) {
+            const float y = __fmul_rn(__fmul_rn(GC, g), __fadd_rn(1.0f, __fmul_rn(__fmul_rn(GA, g), g)));
+            e = exp_acc(__fmul_rn(-2.0f, y));
+        } else {
+            e = exp_acc(-g);
+        }
+        out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, e)), u);
+    }
+}
+
+__global__ void __launch_bounds__(EW_THREADS) add_kernel(float *y, const float *a, const float *b, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __fadd_rn(a[i], b[i]);
+}
+
+__global__ void __launch_bounds__(EW_THREADS) scale_kernel(float *x, float s, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = __fmul_rn(x[i], s);
+}
+
+__global__ void __launch_bounds__(EW_THREADS)
+add_bias_kernel(float *x, const float *__restrict__ bias, int64_t total, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = __fadd_rn(x[i], bias[i % n]);
+}
+
+/* ggml_rope_yarn_corr_dim, in float on the host exactly as the CPU backend computes it. */
+float rope_corr_dim(int64_t n_dims, int64_t n_ctx_orig, float n_rot, float base) {
+    return (float)n_dims * logf((float)n_ctx_orig / (n_rot * 2 * (float)M_PI)) / (2 * logf(base));
+}
+
+} // namespace
+
+/* y may alias x (in place). w may be NULL (no weight, no offset). */
+void cuda_rmsnorm(struct kbackend *b, float *y, const float *x, const float *w, float w_offset, int64_t n_rows,
+                  int64_t n, float eps) {
+    cuda_backend *cb = cuda_of(b);
+    if (n_rows <= 0 || n <= 0) return;
+    CUDA_REQUIRE(cb, n_rows <= INT32_MAX, "rmsnorm: %lld rows exceed the grid", (long long)n_rows);
+    rmsnorm_kernel<<<(unsigned)n_rows, NORM_THREADS, 0, cb->stream>>>(y, x, w, w_offset, n, eps);
+    CUDA_LAUNCHED(cb);
+}
+
+/* As cpu_rope: n_rot clamped to head_dim and made even; zero freq_scale / attn_factor mean 1.
+ * pos and freq_factors are device memory. */
+void cuda_rope(struct kbackend *b, float *x, const int32_t *pos, int64_t n_tok, int64_t n_head, int64_t head_dim,
+               const struct rope_params *p) {
+    cuda_backend *cb = cuda_of(b);
+    const int64_t n_rot = TP_MIN(p->n_rot, head_dim) / 2 * 2;
+    if (n_tok <= 0 || n_head <= 0 || n_rot <= 0) return;
+    CUDA_REQUIRE(cb, n_rot / 2 <= ROPE_MAX_PAIRS, "rope: %lld rotated dims exceed the kernel's %d",
+                 (long long)n_rot, 2 * ROPE_MAX_PAIRS);
+    CUDA_REQUIRE(cb, n_tok <= INT32_MAX, "rope: %lld tokens exceed the grid", (long long)n_tok);
+    rope_k k;
+    k.n_head = n_head;
+    k.head_dim = head_dim;
+    k.half = n_rot / 2;
+    k.neox = p->mode == ROPE_NEOX;
+    k.theta_scale = powf(p->base, -2.0f / (float)n_rot);
+    k.freq_scale = p->freq_scale != 0.0f ? p->freq_scale : 1.0f;
+    k.ext_factor = p->ext_factor;
+    k.mscale = p->attn_factor != 0.0f ? p->attn_factor : 1.0f;
+    k.mscale_ext = k.mscale * (1.0f + 0.1f * logf(1.0f / k.freq_scale));
+    k.corr0 = k.corr1 = 0.0f;
+    if (k.ext_factor != 0.0f) {
+        const float start = floorf(rope_corr_dim(n_rot, p->n_ctx_orig, p->beta_fast, p->base));
+        const float end = ceilf(rope_corr_dim(n_rot, p->n_ctx_orig, p->beta_slow, p->base));
+        k.corr0 = TP_MAX(0.0f, start);
+        k.corr1 = TP_MIN((float)(n_rot - 1), end);
+    }
+    k.freq_factors = p->freq_factors;
+    rope_kernel<<<(unsigned)n_tok, ROPE_THREADS, 0, cb->stream>>>(x, pos, k);
+    CUDA_LAUNCHED(cb);
+}
+
+/* out may alias gate or up. */
+void cuda_gated_act(struct kbackend *b, float *out, const float *gate, const float *up, int64_t n, enum act_kind act) {
+    cuda_backend *cb = cuda_of(b);
+    if (n <= 0) return;
+    CUDA_REQUIRE(cb, act == ACT_SILU || act == ACT_GELU_TANH, "gated_act: unknown activation %d", (int)act);
+    if (act == ACT_GELU_TANH)
+        gated_act_kernel<ACT_GELU_TANH><<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(out, gate, up, n);
+    else
+        gated_act_kernel<ACT_SILU><<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(out, gate, up, n);
+    CUDA_LAUNCHED(cb);
+}
+
+void cuda_add(struct kbackend *b, float *y, const float *a, const float *bb, int64_t n) {
+    cuda_backend *cb = cuda_of(b);
+    if (n <= 0) return;
+    add_kernel<<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(y, a, bb, n);
+    CUDA_LAUNCHED(cb);
+}
+
+void cuda_scale(struct kbackend *b, float *x, float s, int64_t n) {
+    cuda_backend *cb = cuda_of(b);
+    if (n <= 0) return;
+    scale_kernel<<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(x, s, n);
+    CUDA_LAUNCHED(cb);
+}
+
+void cuda_add_bias(struct kbackend *b, float *x, const float *bias, int64_t n_rows, int64_t n) {
+    cuda_backend *cb = cuda_of(b);
+    if (n_rows <= 0 || n <= 0) return;
+    add_bias_kernel<<<cuda_grid_1d(n_rows * n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(x, bias, n_rows * n, n);
+    CUDA_LAUNCHED(cb);
+}
+
+int cuda_ops_init(struct cuda_backend *cb, tp_err *e) {
+    const struct {
+        const void *f;
+        int threads;
+        const char *name;
+    } k[] = {
+        {(const void *)rmsnorm_kernel, NORM_THREADS, "rmsnorm"},
+        {(const void *)rope_kernel, ROPE_THREADS, "rope"},
+        {(const void *)gated_act_kernel<ACT_SILU>, EW_THREADS, "gated_act_silu"},
+        {(const void *)gated_act_kernel<ACT_GELU_TANH>, EW_THREADS, "gated_act_gelu"},
+        {(const void *)add_kernel, EW_THREADS, "add"},
+        {(const void *)scale_kernel, EW_THREADS, "scale"},
+        {(const void *)add_bias_kernel, EW_THREADS, "add_bias"},
+    };
+    for (size_t i = 0; i < TP_ARRAY_LEN(k); i++) {
+        int rc = cuda_kernel_check(cb, k[i].f, k[i].threads, 0, k[i].name, e);
+        if (rc) return rc;
+    }
+    return 0;
+}

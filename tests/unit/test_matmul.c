@@ -1,0 +1,385 @@
+/* test_matmul.c - the CPU matmul (every weight type x every SIMD level this CPU has)
+ * against double-precision references, plus the embedding lookup.
+ *
+ * Reference: the weights dequantized by quant_dequantize_row (bit-exact with gguf, see
+ * test_quant.c) and the activations as the kernel sees them, i.e. quantized by
+ * quant_quantize_row to the weight type's vec_dot type (Q8_0, Q8_1, Q8_K, F16, BF16 or
+ * F32) and dequantized; their dot product in double. Bounds:
+ *  - against those activations: float rounding only, |y - ref| <= (n_in/16 + 32) 2^-23 S,
+ *    S = sum_i (|w_i| + |min term_i|) |a_i| (the min term of Q4_1/Q5_1/Q2_K/Q4_K/Q5_K
+ *    rows is cancelled inside the kernel's sums, so it counts in the magnitude). For
+ *    Q4_1/Q5_1 the reference adds m_w (s_a - d_a sum q_a): llama.cpp's Q8_1 carries the
+ *    block sum s_a as fp16, and the kernel uses it as llama.cpp does.
+ *  - against the unquantized activations x (looser): the above plus sum_i |w_i| e_i with
+ *    e_i the activation rounding bound: 0.6 amax_block/127 for Q8_0/Q8_1/Q8_K (half a
+ *    step plus the fp16 rounding of the scale), |x_i| 2^-11 + 2^-25 for F16, |x_i| 2^-8
+ *    for BF16, 0 for F32.
+ * Also: thread count and scratch size (chunking) do not change a single bit, a token's
+ * result does not depend on how many tokens share the call, n_out = 0 / n_tok = 0 write
+ * nothing, column slices (row_stride larger than the slice's bytes) read only their
+ * blocks. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/base.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/quant.h"
+#include "testutil.h"
+
+static const enum dtype wtypes[] = {
+    DTYPE_F32,  DTYPE_F16,  DTYPE_BF16, DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0, DTYPE_Q5_1,
+    DTYPE_Q8_0, DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K, DTYPE_Q6_K,
+};
+
+/* ------------------------------------------------------------ a hand-built backend */
+
+struct tback {
+    struct kbackend kb;
+    struct cpu_backend cb;
+};
+
+static void tback_init(struct tback *b, enum ksimd simd, struct tpool *pool, int n_threads, size_t scratch) {
+    memset(b, 0, sizeof *b);
+    b->cb.pool = pool;
+    b->cb.n_threads = n_threads;
+    b->cb.simd = simd;
+    b->cb.act_q_bytes = scratch;
+    b->cb.act_q = scratch ? aligned_alloc(64, TP_ALIGN_UP(scratch, 64)) : NULL;
+    b->kb.impl = &b->cb;
+}
+
+static void tback_free(struct tback *b) { free(b->cb.act_q); }
+
+static size_t scratch_for(int64_t tokens, int64_t n_in) {
+    struct kbackend_opts o = {.max_tokens = tokens, .max_in = n_in};
+    return cpu_matmul_scratch_bytes(&o);
+}
+
+/* ------------------------------------------------------------------ weights */
+
+struct wmat {
+    uint8_t *buf;
+    struct kmat m;
+    float *deq; /* [n_out][n_in] dequantized slice */
+    float *mag; /* [n_out][n_in] |w| + |min term| */
+};
+
+/* Byte offsets of the fp16 scale fields inside a block and the byte range of its quant
+ * codes (for asymmetric types: zeroing the codes leaves the min term). */
+static void block_fields(enum dtype t, int *h0, int *h1, int *q0, int *q1) {
+    *h0 = *h1 = -1;
+    *q0 = *q1 = 0;
+    switch (t) {
+    case DTYPE_Q4_0: *h0 = 0; break;
+    case DTYPE_Q5_0: *h0 = 0; break;
+    case DTYPE_Q8_0: *h0 = 0; break;
+    case DTYPE_Q4_1: *h0 = 0, *h1 = 2, *q0 = 4, *q1 = 20; break;
+    case DTYPE_Q5_1: *h0 = 0, *h1 = 2, *q0 = 4, *q1 = 24; break;
+    case DTYPE_Q2_K: *h0 = 80, *h1 = 82, *q0 = 16, *q1 = 80; break;
+    case DTYPE_Q3_K: *h0 = 108; break;
+    case DTYPE_Q4_K: *h0 = 0, *h1 = 2, *q0 = 16, *q1 = 144; break;
+    case DTYPE_Q5_K: *h0 = 0, *h1 = 2, *q0 = 16, *q1 = 176; break;
+    case DTYPE_Q6_K: *h0 = 208; break;
+    default: break;
+    }
+}
+
+static bool is_float_type(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
+
+/* n_out rows of `before + n_in + after` values; the kmat is the middle column slice.
+ * random_bytes: block types get uniformly random code bytes with random fp16 scales
+ * (covering every code, negative scales, Q8_0's -128), otherwise quantized gaussians. */
+static void wmat_make(struct wmat *w, tu_rng *r, enum dtype t, int64_t n_out, int64_t n_in, int64_t before,
+                      int64_t after, bool random_bytes) {
+    const int64_t full = before + n_in + after;
+    const size_t row = dtype_row_bytes(t, full);
+    const size_t ts = dtype_get(t)->type_size;
+    const int64_t bs = dtype_get(t)->block_size;
+    w->buf = aligned_alloc(64, TP_ALIGN_UP(row * (size_t)(n_out ? n_out : 1), 64));
+    float *x = malloc((size_t)full * sizeof *x);
+    int h0, h1, q0, q1;
+    block_fields(t, &h0, &h1, &q0, &q1);
+    for (int64_t o = 0; o < n_out; o++) {
+        uint8_t *dst = w->buf + (size_t)o * row;
+        if (random_bytes && !is_float_type(t)) {
+            for (size_t i = 0; i < row; i++) dst[i] = (uint8_t)tu_next(r);
+            for (size_t b = 0; b < row / ts; b++) {
+                int offs[2] = {h0, h1};
+                for (int k = 0; k < 2; k++) {
+                    if (offs[k] < 0) continue;
+                    float v = powf(10.0f, tu_uniform(r, -3.0f, 0.0f)) * (tu_next(r) & 1 ? 1.0f : -1.0f);
+                    uint16_t h = f32_to_fp16(v);
+                    memcpy(dst + b * ts + (size_t)offs[k], &h, 2);
+                }
+            }
+        } else {
+            float scale = powf(10.0f, tu_uniform(r, -2.0f, 0.5f));
+            for (int64_t i = 0; i < full; i++) x[i] = scale * tu_normal(r);
+            cr_assert_eq(quant_quantize_row(t, x, dst, full), row, "%s: quantize", dtype_name(t));
+        }
+    }
+    const size_t off = dtype_row_bytes(t, before);
+    w->m = (struct kmat){.data = w->buf + off, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = row};
+    w->deq = malloc((size_t)(n_out * n_in + 1) * sizeof(float));
+    w->mag = malloc((size_t)(n_out * n_in + 1) * sizeof(float));
+    uint8_t *tmp = malloc(row);
+    for (int64_t o = 0; o < n_out; o++) {
+        const uint8_t *src = w->buf + (size_t)o * row + off;
+        quant_dequantize_row(t, src, w->deq + o * n_in, n_in);
+        for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] = fabsf(w->deq[o * n_in + i]);
+        if (q1 > q0) { /* the min term: the row with its codes zeroed */
+            size_t nbytes = dtype_row_bytes(t, n_in);
+            memcpy(tmp, src, nbytes);
+            for (size_t b = 0; b < nbytes / ts; b++) memset(tmp + b * ts + q0, 0, (size_t)(q1 - q0));
+            float *mt = malloc((size_t)n_in * sizeof *mt);
+            quant_dequantize_row(t, tmp, mt, n_in);
+            for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] += fabsf(mt[i]);
+            free(mt);
+        }
+    }
+    (void)bs;
+    free(tmp);
+    free(x);
+}
+
+static void wmat_free(struct wmat *w) {
+    free(w->buf);
+    free(w->deq);
+    free(w->mag);
+}
+
+/* ------------------------------------------------------------------ reference */
+
+static enum dtype vec_dot_type(enum dtype t) {
+    switch (t) {
+    case DTYPE_F32: return DTYPE_F32;
+    case DTYPE_F16: return DTYPE_F16;
+    case DTYPE_BF16: return DTYPE_BF16;
+    case DTYPE_Q4_1: case DTYPE_Q5_1: return DTYPE_Q8_1;
+    case DTYPE_Q4_0: case DTYPE_Q5_0: case DTYPE_Q8_0: return DTYPE_Q8_0;
+    default: return DTYPE_Q8_K;
+    }
+}
+
+/* Checks y[t][o] of a matmul of w with x (n_tok rows) against both references. */
+static void check_result(const struct wmat *w, const float *x, int64_t n_tok, const float *y, const char *what) {
+    const enum dtype t = w->m.type, vt = vec_dot_type(t);
+    const int64_t n_in = w->m.n_in, n_out = w->m.n_out;
+    const size_t qbytes = dtype_row_bytes(vt, n_in);
+    uint8_t *aq = malloc(qbytes + 64);
+    float *a = malloc((size_t)n_in * sizeof *a), *e = malloc((size_t)n_in * sizeof *e);
+    for (int64_t tk = 0; tk < n_tok; tk++) {
+        const float *xt = x + tk * n_in;
+        quant_quantize_row(vt, xt, aq, n_in);
+        quant_dequantize_row(vt, aq, a, n_in);
+        for (int64_t i = 0; i < n_in; i++) { /* activation rounding bound */
+            if (vt == DTYPE_F32) e[i] = 0;
+            else if (vt == DTYPE_F16) e[i] = fabsf(xt[i]) * 0x1p-11f + 0x1p-25f;
+            else if (vt == DTYPE_BF16) e[i] = fabsf(xt[i]) * 0x1p-8f;
+            else {
+                int64_t bl = vt == DTYPE_Q8_K ? 256 : 32, b0 = i / bl * bl;
+                float amax = 0;
+                for (int64_t j = b0; j < b0 + bl; j++) amax = fmaxf(amax, fabsf(xt[j]));
+                e[i] = 0.6f * amax / 127;
+            }
+        }
+        for (int64_t o = 0; o < n_out; o++) {
+            const float *wd = w->deq + o * n_in, *wm = w->mag + o * n_in;
+            double ref = 0, ref_x = 0, s = 0, ew = 0;
+            for (int64_t i = 0; i < n_in; i++) {
+                ref += (double)wd[i] * a[i];
+                ref_x += (double)wd[i] * xt[i];
+                s += (double)wm[i] * fabs((double)a[i]);
+                ew += fabs((double)wd[i]) * e[i];
+            }
+            if (vt == DTYPE_Q8_1) { /* the fp16 block sums the kernel uses */
+                const uint8_t *wrow = (const uint8_t *)w->m.data + (size_t)o * w->m.row_stride;
+                size_t ts = dtype_get(t)->type_size;
+                for (int64_t b = 0; b < n_in / 32; b++) {
+                    uint16_t mh, dh, sh;
+                    memcpy(&mh, wrow + b * ts + 2, 2);
+                    memcpy(&dh, aq + b * 36, 2);
+                    memcpy(&sh, aq + b * 36 + 2, 2);
+                    int sq = 0;
+                    for (int j = 0; j < 32; j++) sq += (int8_t)aq[b * 36 + 4 + j];
+                    ref += (double)fp16_to_f32(mh) * ((double)fp16_to_f32(sh) - (double)fp16_to_f32(dh) * sq);
+                    s += fabs((double)fp16_to_f32(mh) * fp16_to_f32(sh));
+                }
+            }
+            const double tol = ((double)n_in / 16 + 32) * 0x1p-23 * s + 1e-30;
+            const double got = y[tk * n_out + o];
+            cr_assert(fabs(got - ref) <= tol, "%s %s: y[%lld][%lld] = %.9g, reference %.9g (diff %.3g > %.3g)",
+                      dtype_name(t), what, (long long)tk, (long long)o, got, ref, fabs(got - ref), tol);
+            cr_assert(fabs(got - ref_x) <= tol + ew * 1.001, "%s %s: y[%lld][%lld] = %.9g, float reference %.9g "
+                      "(diff %.3g > %.3g)", dtype_name(t), what, (long long)tk, (long long)o, got, ref_x,
+                      fabs(got - ref_x), tol + ew);
+        }
+    }
+    free(aq);
+    free(a);
+    free(e);
+}
+
+/* SIMD levels to test: every one this CPU runs. */
+static int levels_available(enum ksimd *out) {
+    enum ksimd best = cpu_simd_detect();
+    int n = 0;
+    for (int l = KSIMD_SCALAR; l <= (int)best; l++) out[n++] = (enum ksimd)l;
+    if (best < KSIMD_AVX512)
+        fprintf(stderr, "[test_matmul] AVX-512 (F/BW/VL/VNNI) kernels skipped: this CPU supports up to %s\n",
+                cpu_simd_name(best));
+    return n;
+}
+
+static float *random_x(tu_rng *r, int64_t n) {
+    float *x = malloc((size_t)(n ? n : 1) * sizeof *x);
+    float scale = powf(10.0f, tu_uniform(r, -1.0f, 1.0f));
+    for (int64_t i = 0; i < n; i++) x[i] = scale * tu_normal(r) * (i % 97 == 3 ? 8.0f : 1.0f);
+    return x;
+}
+
+/* ------------------------------------------------------------------ tests */
+
+Test(matmul, every_type_and_simd_level_matches_the_double_reference) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    enum ksimd lv[3];
+    const int n_lv = levels_available(lv);
+    const int64_t toks[] = {0, 1, 3, 7, 33};
+    for (size_t k = 0; k < TP_ARRAY_LEN(wtypes); k++) {
+        const enum dtype t = wtypes[k];
+        const int64_t bs = dtype_get(t)->block_size;
+        const int64_t n_in = is_float_type(t) ? 771 : 768, n_out = 37;
+        for (int mode = 0; mode < 2; mode++) {
+            struct wmat w;
+            /* mode 1: a column slice one block in from both ends, random block bytes */
+            wmat_make(&w, &r, t, n_out, n_in, mode ? bs * (bs == 1 ? 5 : 1) : 0, mode ? bs : 0, mode == 1);
+            for (int l = 0; l < n_lv; l++) {
+                struct tback b;
+                tback_init(&b, lv[l], NULL, 1, scratch_for(33, n_in));
+                for (size_t ti = 0; ti < TP_ARRAY_LEN(toks); ti++) {
+                    const int64_t n_tok = toks[ti];
+                    float *x = random_x(&r, n_tok * n_in);
+                    float *y = malloc((size_t)(n_tok * n_out + 1) * sizeof *y);
+                    y[n_tok * n_out] = 12345.0f; /* sentinel past the end */
+                    cpu_matmul(&b.kb, y, &w.m, x, n_tok);
+                    char what[96];
+                    snprintf(what, sizeof what, "(%s, %s, n_tok %lld)", cpu_simd_name(lv[l]),
+                             mode ? "column slice of random blocks" : "quantized gaussians", (long long)n_tok);
+                    check_result(&w, x, n_tok, y, what);
+                    cr_assert_eq(y[n_tok * n_out], 12345.0f, "%s %s wrote past y", dtype_name(t), what);
+                    free(x);
+                    free(y);
+                }
+                tback_free(&b);
+            }
+            wmat_free(&w);
+        }
+    }
+}
+
+Test(matmul, threads_scratch_chunks_and_tile_width_do_not_change_a_bit) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    tp_err e = {0};
+    struct tpool *pool = NULL;
+    cr_assert_eq(tpool_create(&pool, 3, &e), 0, "tpool_create: %s", e.msg);
+    enum ksimd lv[3];
+    const int n_lv = levels_available(lv);
+    const int64_t n_tok = 13, n_out = 101;
+    for (size_t k = 0; k < TP_ARRAY_LEN(wtypes); k++) {
+        const enum dtype t = wtypes[k];
+        const int64_t n_in = is_float_type(t) ? 515 : 512;
+        struct wmat w;
+        wmat_make(&w, &r, t, n_out, n_in, 0, 0, false);
+        float *x = random_x(&r, n_tok * n_in);
+        for (int l = 0; l < n_lv; l++) {
+            struct tback one, many, tiny, none;
+            tback_init(&one, lv[l], NULL, 1, scratch_for(n_tok, n_in));
+            tback_init(&many, lv[l], pool, 3, scratch_for(n_tok, n_in));
+            tback_init(&tiny, lv[l], pool, 3, scratch_for(2, n_in)); /* 2 tokens per chunk */
+            tback_init(&none, lv[l], NULL, 1, 0);                    /* no scratch: allocates */
+            const size_t ybytes = (size_t)(n_tok * n_out) * sizeof(float);
+            float *y1 = malloc(ybytes), *y2 = malloc(ybytes), *y3 = malloc(ybytes), *y4 = malloc(ybytes);
+            float *yt = malloc((size_t)n_out * sizeof *yt);
+            cpu_matmul(&one.kb, y1, &w.m, x, n_tok);
+            cpu_matmul(&many.kb, y2, &w.m, x, n_tok);
+            cpu_matmul(&tiny.kb, y3, &w.m, x, n_tok);
+            cpu_matmul(&none.kb, y4, &w.m, x, n_tok);
+            cr_assert(!memcmp(y1, y2, ybytes), "%s %s: 3 threads differ from 1", dtype_name(t), cpu_simd_name(lv[l]));
+            cr_assert(!memcmp(y1, y3, ybytes), "%s %s: chunked tokens differ", dtype_name(t), cpu_simd_name(lv[l]));
+            cr_assert(!memcmp(y1, y4, ybytes), "%s %s: allocated scratch differs", dtype_name(t),
+                      cpu_simd_name(lv[l]));
+            for (int64_t tk = 0; tk < n_tok; tk++) { /* one token alone: the decode path */
+                cpu_matmul(&many.kb, yt, &w.m, x + tk * n_in, 1);
+                cr_assert(!memcmp(yt, y1 + tk * n_out, (size_t)n_out * sizeof *yt),
+                          "%s %s: token %lld alone differs from the batch", dtype_name(t), cpu_simd_name(lv[l]),
+                          (long long)tk);
+            }
+            check_result(&w, x, n_tok, y2, "(3 threads)");
+            free(y1), free(y2), free(y3), free(y4), free(yt);
+            tback_free(&one), tback_free(&many), tback_free(&tiny), tback_free(&none);
+        }
+        free(x);
+        wmat_free(&w);
+    }
+    tpool_free(pool);
+}
+
+Test(matmul, empty_extents_write_nothing) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    struct wmat w;
+    wmat_make(&w, &r, DTYPE_Q4_0, 8, 64, 0, 0, false);
+    struct tback b;
+    tback_init(&b, cpu_simd_detect(), NULL, 1, scratch_for(4, 64));
+    float x[4 * 64], y[4 * 8];
+    for (int i = 0; i < 4 * 64; i++) x[i] = (float)i;
+    for (int i = 0; i < 32; i++) y[i] = -7.0f;
+    struct kmat empty = w.m;
+    empty.n_out = 0; /* a rank owning no rows of this tensor */
+    cpu_matmul(&b.kb, y, &empty, x, 4);
+    cpu_matmul(&b.kb, y, &w.m, x, 0);
+    for (int i = 0; i < 32; i++) cr_assert_eq(y[i], -7.0f);
+    struct kmat no_in = w.m;
+    no_in.n_in = 0; /* an empty input slice: the sums are 0 */
+    cpu_matmul(&b.kb, y, &no_in, x, 4);
+    for (int i = 0; i < 32; i++) cr_assert_eq(y[i], 0.0f);
+    tback_free(&b);
+    wmat_free(&w);
+}
+
+Test(matmul, get_rows_returns_the_dequantized_rows_of_the_ids) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    for (size_t k = 0; k < TP_ARRAY_LEN(wtypes); k++) {
+        struct wmat w;
+        wmat_make(&w, &r, wtypes[k], 50, 256, 0, 256, false);
+        int32_t ids[6] = {49, 0, 7, 7, 23, 1};
+        float *out = malloc(6 * 256 * sizeof *out);
+        struct tback b;
+        tback_init(&b, cpu_simd_detect(), NULL, 1, 0);
+        cpu_get_rows(&b.kb, out, &w.m, ids, 6);
+        for (int i = 0; i < 6; i++)
+            cr_assert(!memcmp(out + i * 256, w.deq + (int64_t)ids[i] * 256, 256 * sizeof(float)), "%s: row %d",
+                      dtype_name(wtypes[k]), ids[i]);
+        free(out);
+        tback_free(&b);
+        wmat_free(&w);
+    }
+}
+
+Test(matmul, simd_level_names_and_detection_are_consistent) {
+    cr_assert_str_eq(cpu_simd_name(KSIMD_SCALAR), "scalar");
+    cr_assert_str_eq(cpu_simd_name(KSIMD_AVX2), "avx2");
+    cr_assert_str_eq(cpu_simd_name(KSIMD_AVX512), "avx512");
+    enum ksimd s = cpu_simd_detect();
+    cr_assert(s >= KSIMD_SCALAR && s <= KSIMD_AVX512);
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        cr_assert_geq(s, KSIMD_AVX2);
+#endif
+}
