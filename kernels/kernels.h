@@ -92,6 +92,8 @@ struct kops {
     const char *name; /* "cpu" or "cuda" */
     /* Release the backend's state and the struct kbackend itself. */
     void (*destroy)(struct kbackend *b);
+    /* One line for the startup report (NULL: just the name). */
+    void (*describe)(const struct kbackend *b, char *buf, size_t n);
 
     /* Memory in the backend's space. alloc returns NULL on failure; free(NULL) is a no-op. */
     void *(*alloc)(struct kbackend *b, size_t bytes);

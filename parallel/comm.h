@@ -1,7 +1,9 @@
 /* comm.h - the tensor-parallel communicator: collectives over the ranks of one TP group.
  *
- * One interface, two transports: MPI for host buffers (CPU ranks) and NCCL for device
- * buffers (CUDA ranks, kernels/cuda). The forward pass never knows which one it uses.
+ * One interface, three transports behind an op table (comm_impl.h): MPI for host buffers
+ * (CPU ranks, comm_mpi.c), NCCL for device buffers (CUDA ranks, cuda/comm_nccl.c), and a
+ * host-staged MPI fallback for device buffers when ranks share a GPU (cuda/comm_staged.c).
+ * The forward pass never knows which one it uses.
  * Every collective has a timeout: a peer that died or hangs makes the call return
  * TP_ECOMM with a message naming the rank and host that did not arrive, so the launcher
  * can bring the job down (MPI_Abort) within seconds instead of hanging.
@@ -39,9 +41,11 @@ struct comm;
  * failed non-blocking collectives there): MPI errors come back as TP_ECOMM with
  * MPI_Error_string's text, and the launcher decides to stop (comm_abort). */
 int comm_create_mpi(struct comm **out, double timeout_s, tp_err *e);
-/* Release the communicator; NULL is a no-op. Must run before MPI_Finalize. A broken
- * communicator (after TP_ECOMM) leaks its MPI handles on purpose: a timed-out
- * operation is still pending on them. */
+/* Release the communicator; NULL is a no-op. Must run before MPI_Finalize, and a device
+ * communicator before the MPI communicator it was created from. A broken communicator
+ * (after TP_ECOMM) leaks its MPI handles on purpose (a timed-out operation is still
+ * pending on them); a broken NCCL communicator was already aborted (ncclCommAbort) when
+ * it broke, a healthy one is finalized and destroyed. */
 void comm_free(struct comm *c);
 const struct topo *comm_topo(const struct comm *c);
 static inline int comm_rank(const struct comm *c) { return comm_topo(c)->rank; }
@@ -68,6 +72,51 @@ int comm_barrier(struct comm *c, tp_err *e);
  * A rank whose e is empty gets "rank R (host H) failed: <status name>" in e; a rank that
  * failed itself keeps its own message. TP_ECOMM when the exchange itself fails. */
 int comm_any_error(struct comm *c, int local_status, int *first_bad_rank, tp_err *e);
+
+/* Device communicators (parallel/cuda; without -DTPLLM_CUDA=ON each create function
+ * returns TP_EUNSUPPORTED "built without CUDA/NCCL").
+ *
+ * Each is created from an MPI communicator `mpi` (comm_create_mpi) over the same ranks,
+ * which it borrows for its whole life (free the device communicator first): its topology
+ * and host names, the exchanges on host memory, and the diagnosis of a missing peer.
+ * `device` is this rank's CUDA ordinal (the backend's); timeout_s bounds every collective
+ * and the creation (0: mpi's timeout; TPLLM_COMM_TIMEOUT wins, as for MPI). Every create
+ * function is collective over mpi's ranks and every rank returns the same status; on
+ * failure *out is NULL and e says why (TP_ECOMM: creation failed or timed out, naming
+ * the rank and host).
+ *
+ * Buffers: each collective accepts device memory (cudaMalloc, managed) or host memory
+ * (anything else), decided per call with cudaPointerGetAttributes; every rank must pass
+ * the same kind. Device buffers go through NCCL (or the staging copies), host buffers
+ * through mpi, so the engine's host exchanges and the forward pass's device all-reduces
+ * share one communicator. Device collectives are queued on the communicator's stream
+ * (comm_set_stream) after the work already queued there, and return when they have
+ * completed, polling with the MPI transport's backoff and failing with TP_ECOMM at the
+ * timeout or on an NCCL error (the NCCL communicator is then aborted). comm_barrier and
+ * comm_any_error run on mpi. The all-reduce gives the same bits on every rank (NCCL's
+ * ring and tree reduce once and broadcast the result) and repeats them run to run for a
+ * fixed NCCL version, topology and NCCL_ALGO/NCCL_PROTO. */
+
+/* NCCL over mpi's ranks: rank 0's ncclGetUniqueId is broadcast over mpi, then
+ * ncclCommInitRankConfig runs non-blocking (config.blocking = 0), polled until ready or
+ * the timeout. TP_EUNSUPPORTED when two ranks use one GPU (NCCL refuses it; see
+ * comm_create_device). */
+int comm_create_nccl(struct comm **out, struct comm *mpi, int device, double timeout_s, tp_err *e);
+/* Host-staged MPI for device buffers: each collective copies the device buffer to a
+ * pinned host buffer, runs mpi's collective on it and copies the result back. Slower than
+ * NCCL, but works for any placement of ranks on GPUs. */
+int comm_create_staged(struct comm **out, struct comm *mpi, int device, double timeout_s, tp_err *e);
+/* The device communicator to use: NCCL, unless two ranks share a GPU (same UUID, or the
+ * same PCI bus id on the same host, gathered over mpi) or some rank sets TPLLM_NCCL=0;
+ * then host-staged, with a warning on rank 0's stderr naming the ranks and the GPU. */
+int comm_create_device(struct comm **out, struct comm *mpi, int device, double timeout_s, tp_err *e);
+/* The CUDA stream (cudaStream_t) device collectives are queued on; NULL: the stream the
+ * communicator created for itself. Give the backend's stream so that a collective follows
+ * the kernels that produced its buffer without a device-wide synchronisation; with any
+ * other stream the caller must make the buffer ready first. No effect on MPI. */
+void comm_set_stream(struct comm *c, void *cuda_stream);
+/* The transport in one phrase: "mpi", "nccl 2.28.9", "mpi host-staged (GPU shared)". */
+void comm_describe(const struct comm *c, char *buf, size_t size);
 
 /* Time spent inside collectives since creation (seconds) and the number of calls. */
 struct comm_stats { double seconds; int64_t calls; int64_t bytes; };

@@ -1,5 +1,6 @@
 /* comm_mpi.c - the MPI transport of comm.h: timed non-blocking collectives on host
- * buffers, node topology, and the fail-fast path (comm_abort).
+ * buffers, node topology, and the fail-fast path (comm_abort). comm.c checks arguments
+ * and keeps the stats; the ops here run the exchange.
  *
  * Every collective is posted non-blocking (MPI_Iallreduce, MPI_Iallgather, MPI_Ibcast,
  * MPI_Ibarrier) and completed by polling MPI_Test with a backoff: a few back-to-back
@@ -17,7 +18,7 @@
  * calls: a fixed reduction tree to rank 0, then a broadcast of rank 0's result. So every
  * rank gets the same bits, and a run repeats them for a given number of ranks and
  * message size. tests/perf/comm_stress.c checks both. */
-#include "comm.h"
+#include "comm_impl.h"
 
 #include <limits.h>
 #include <math.h>
@@ -29,8 +30,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define COMM_DEFAULT_TIMEOUT_S 60.0
-#define COMM_HOST_LEN 64
 #define COMM_TAG_QUERY 7101                     /* "which collective are you in?" (int64 seq) */
 #define COMM_TAG_REPLY 7102                     /* the answer (int64 seq) */
 #define COMM_SPIN_TESTS 64u                     /* back-to-back MPI_Test calls before yielding */
@@ -39,39 +38,20 @@
 #define COMM_SLEEP_MAX_NS 1000000L              /* ... to 1 ms */
 #define COMM_CHUNK_BYTES ((size_t)1 << 30)      /* larger calls are split: MPI counts are int */
 
-struct comm {
-    struct topo topo;
-    MPI_Comm world;               /* dup of MPI_COMM_WORLD: every collective */
-    MPI_Comm ctl;                 /* second dup: timeout queries only, never a collective */
-    MPI_Comm node;                /* the ranks on this host (MPI_COMM_TYPE_SHARED) */
-    char (*hosts)[COMM_HOST_LEN]; /* [size]: host of every rank */
-    double timeout_s;             /* deadline of one MPI collective */
-    int64_t seq;                  /* MPI collectives posted; the same on every rank */
-    bool broken;                  /* a collective failed: refuse every later one */
-    tp_err broken_err;            /* that failure's message, repeated to later callers */
-    struct comm_stats stats;
+/* The MPI transport's state; starts with the common head (comm_impl.h). */
+struct comm_mpi {
+    struct comm c;
+    MPI_Comm world; /* dup of MPI_COMM_WORLD: every collective */
+    MPI_Comm ctl;   /* second dup: timeout queries only, never a collective */
+    MPI_Comm node;  /* the ranks on this host (MPI_COMM_TYPE_SHARED) */
+    int64_t seq;    /* MPI collectives posted; the same on every rank */
 };
 
-static double comm_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static const struct comm_ops comm_mpi_ops;
+
+static struct comm_mpi *mpi_of(struct comm *c) { return (struct comm_mpi *)c; }
 
 static const char *comm_host(const struct comm *c) { return c->topo.host; }
-
-/* Record the failure that breaks c (the first one wins) and copy it into e. */
-__attribute__((format(printf, 3, 4))) static int comm_break(struct comm *c, tp_err *e, const char *fmt, ...) {
-    if (!c->broken) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(c->broken_err.msg, sizeof c->broken_err.msg, fmt, ap);
-        va_end(ap);
-        c->broken_err.code = TP_ECOMM;
-        c->broken = true;
-    }
-    return tp_errf(e, TP_ECOMM, "%s", c->broken_err.msg);
-}
 
 /* An MPI call returned rc (the communicators use MPI_ERRORS_RETURN). */
 static int comm_mpi_fail(struct comm *c, tp_err *e, int rc, const char *call, const char *what, const char *file,
@@ -93,15 +73,16 @@ static int comm_mpi_fail(struct comm *c, tp_err *e, int rc, const char *call, co
 
 /* Answer every pending "which collective are you in?" from peers that timed out. */
 static void comm_answer_queries(struct comm *c) {
-    if (c->ctl == MPI_COMM_NULL) return;
+    struct comm_mpi *m = mpi_of(c);
+    if (m->ctl == MPI_COMM_NULL) return;
     for (;;) {
         int flag = 0;
         MPI_Status st;
-        if (MPI_Iprobe(MPI_ANY_SOURCE, COMM_TAG_QUERY, c->ctl, &flag, &st) != MPI_SUCCESS || !flag) return;
-        int64_t q, mine = c->seq;
-        if (MPI_Recv(&q, 1, MPI_INT64_T, st.MPI_SOURCE, COMM_TAG_QUERY, c->ctl, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+        if (MPI_Iprobe(MPI_ANY_SOURCE, COMM_TAG_QUERY, m->ctl, &flag, &st) != MPI_SUCCESS || !flag) return;
+        int64_t q, mine = m->seq;
+        if (MPI_Recv(&q, 1, MPI_INT64_T, st.MPI_SOURCE, COMM_TAG_QUERY, m->ctl, MPI_STATUS_IGNORE) != MPI_SUCCESS)
             return;
-        if (MPI_Send(&mine, 1, MPI_INT64_T, st.MPI_SOURCE, COMM_TAG_REPLY, c->ctl) != MPI_SUCCESS) return;
+        if (MPI_Send(&mine, 1, MPI_INT64_T, st.MPI_SOURCE, COMM_TAG_REPLY, m->ctl) != MPI_SUCCESS) return;
     }
 }
 
@@ -129,9 +110,10 @@ static size_t comm_list(const struct comm *c, char *out, size_t size, size_t at,
 /* After a timeout: ask every peer which collective it is in, for up to a grace period
  * (answering their questions meanwhile), and describe who is missing. */
 static void comm_find_missing(struct comm *c, char *out, size_t size) {
+    struct comm_mpi *m = mpi_of(c);
     int n = c->topo.size, me = c->topo.rank;
     out[0] = '\0';
-    if (c->ctl == MPI_COMM_NULL || !c->hosts) {
+    if (m->ctl == MPI_COMM_NULL || !c->hosts) {
         snprintf(out, size, "expected ranks 0-%d; which one is missing is unknown this early", n - 1);
         return;
     }
@@ -143,13 +125,13 @@ static void comm_find_missing(struct comm *c, char *out, size_t size) {
         snprintf(out, size, "expected ranks 0-%d; out of memory while asking which one is missing", n - 1);
         goto done;
     }
-    int64_t q = c->seq;
+    int64_t q = m->seq;
     for (int r = 0; r < n; r++) {
         rreq[r] = sreq[r] = MPI_REQUEST_NULL;
         if (r == me) continue;
-        if (MPI_Irecv(&seen[r], 1, MPI_INT64_T, r, COMM_TAG_REPLY, c->ctl, &rreq[r]) != MPI_SUCCESS)
+        if (MPI_Irecv(&seen[r], 1, MPI_INT64_T, r, COMM_TAG_REPLY, m->ctl, &rreq[r]) != MPI_SUCCESS)
             rreq[r] = MPI_REQUEST_NULL;
-        else if (MPI_Isend(&q, 1, MPI_INT64_T, r, COMM_TAG_QUERY, c->ctl, &sreq[r]) != MPI_SUCCESS)
+        else if (MPI_Isend(&q, 1, MPI_INT64_T, r, COMM_TAG_QUERY, m->ctl, &sreq[r]) != MPI_SUCCESS)
             sreq[r] = MPI_REQUEST_NULL;
     }
     /* Waiting peers answer within a sleep quantum (1 ms); the grace only has to cover
@@ -219,156 +201,76 @@ static int comm_wait(struct comm *c, MPI_Request *req, const char *what, tp_err 
     }
 }
 
-/* Common entry of every public collective. */
-static int comm_enter(struct comm *c, tp_err *e, const char *op) {
-    if (!c) return tp_errf(e, TP_EINVAL, "%s: the communicator is NULL (create it with comm_create_mpi)", op);
-    if (c->broken)
-        return tp_errf(e, TP_ECOMM, "%s refused: the communicator failed earlier: %s", op, c->broken_err.msg);
-    return 0;
-}
-
-static void comm_account(struct comm *c, double t0, size_t bytes) {
-    c->stats.seconds += comm_now() - t0;
-    c->stats.calls++;
-    c->stats.bytes += (int64_t)TP_MIN(bytes, (size_t)INT64_MAX);
-}
-
-int comm_all_reduce_sum(struct comm *c, float *buf, int64_t n, tp_err *e) {
-    int rc = comm_enter(c, e, "all-reduce");
-    if (rc) return rc;
-    if (n < 0 || (n > 0 && !buf))
-        return tp_errf(e, TP_EINVAL, "all-reduce: bad buffer (%p) or count (%lld floats)", (void *)buf, (long long)n);
+static int mpi_all_reduce_sum(struct comm *c, float *buf, int64_t n, tp_err *e) {
+    struct comm_mpi *m = mpi_of(c);
     char what[96];
     snprintf(what, sizeof what, "all-reduce of %lld floats", (long long)n);
-    double t0 = comm_now();
     const int64_t chunk = (int64_t)(COMM_CHUNK_BYTES / sizeof(float));
     for (int64_t off = 0; off < n && c->topo.size > 1; off += chunk) {
         MPI_Request req;
-        int count = (int)TP_MIN(n - off, chunk);
-        c->seq++;
+        int count = (int)TP_MIN(n - off, chunk), rc;
+        m->seq++;
         COMM_TRY(c, e, what, "MPI_Iallreduce",
-                 MPI_Iallreduce(MPI_IN_PLACE, buf + off, count, MPI_FLOAT, MPI_SUM, c->world, &req));
+                 MPI_Iallreduce(MPI_IN_PLACE, buf + off, count, MPI_FLOAT, MPI_SUM, m->world, &req));
         if ((rc = comm_wait(c, &req, what, e))) return rc;
     }
-    comm_account(c, t0, (size_t)n * sizeof(float));
     return 0;
 }
 
-int comm_all_gather(struct comm *c, const void *send, void *recv, size_t bytes, tp_err *e) {
-    int rc = comm_enter(c, e, "all-gather");
-    if (rc) return rc;
-    size_t total;
+static int mpi_all_gather(struct comm *c, const void *send, void *recv, size_t bytes, tp_err *e) {
+    struct comm_mpi *m = mpi_of(c);
     if (bytes > INT_MAX)
         return tp_errf(e, TP_EINVAL, "all-gather of %zu bytes per rank: more than MPI's int count; split the call",
                        bytes);
-    if (!tp_mul_size(bytes, (size_t)c->topo.size, &total))
-        return tp_errf(e, TP_EINVAL, "all-gather of %zu bytes from %d ranks overflows size_t", bytes, c->topo.size);
-    if (bytes > 0 && (!send || !recv))
-        return tp_errf(e, TP_EINVAL, "all-gather of %zu bytes per rank: NULL send or receive buffer", bytes);
+    if (bytes == 0) return 0;
     char what[96];
     snprintf(what, sizeof what, "all-gather of %zu bytes per rank", bytes);
-    double t0 = comm_now();
-    if (bytes > 0) {
-        char *mine = (char *)recv + (size_t)c->topo.rank * bytes;
-        const void *sbuf = send == mine ? MPI_IN_PLACE : send;
-        if (c->topo.size == 1) {
-            if (sbuf != MPI_IN_PLACE) memmove(recv, send, bytes);
-        } else {
-            MPI_Request req;
-            c->seq++;
-            COMM_TRY(c, e, what, "MPI_Iallgather",
-                     MPI_Iallgather(sbuf, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, c->world, &req));
-            if ((rc = comm_wait(c, &req, what, e))) return rc;
-        }
+    char *mine = (char *)recv + (size_t)c->topo.rank * bytes;
+    const void *sbuf = send == mine ? MPI_IN_PLACE : send;
+    if (c->topo.size == 1) {
+        if (sbuf != MPI_IN_PLACE) memmove(recv, send, bytes);
+        return 0;
     }
-    comm_account(c, t0, total);
-    return 0;
+    MPI_Request req;
+    m->seq++;
+    COMM_TRY(c, e, what, "MPI_Iallgather",
+             MPI_Iallgather(sbuf, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->world, &req));
+    return comm_wait(c, &req, what, e);
 }
 
-int comm_bcast(struct comm *c, void *buf, size_t bytes, int root, tp_err *e) {
-    int rc = comm_enter(c, e, "broadcast");
-    if (rc) return rc;
-    if (root < 0 || root >= c->topo.size)
-        return tp_errf(e, TP_EINVAL, "broadcast: root rank %d is not in 0..%d", root, c->topo.size - 1);
-    if (bytes > 0 && !buf) return tp_errf(e, TP_EINVAL, "broadcast of %zu bytes: NULL buffer", bytes);
+static int mpi_bcast(struct comm *c, void *buf, size_t bytes, int root, tp_err *e) {
+    struct comm_mpi *m = mpi_of(c);
     char what[96];
     snprintf(what, sizeof what, "broadcast of %zu bytes from rank %d", bytes, root);
-    double t0 = comm_now();
     for (size_t off = 0; off < bytes && c->topo.size > 1; off += COMM_CHUNK_BYTES) {
         MPI_Request req;
-        int count = (int)TP_MIN(bytes - off, COMM_CHUNK_BYTES);
-        c->seq++;
-        COMM_TRY(c, e, what, "MPI_Ibcast", MPI_Ibcast((char *)buf + off, count, MPI_BYTE, root, c->world, &req));
+        int count = (int)TP_MIN(bytes - off, COMM_CHUNK_BYTES), rc;
+        m->seq++;
+        COMM_TRY(c, e, what, "MPI_Ibcast", MPI_Ibcast((char *)buf + off, count, MPI_BYTE, root, m->world, &req));
         if ((rc = comm_wait(c, &req, what, e))) return rc;
     }
-    comm_account(c, t0, bytes);
     return 0;
 }
 
-int comm_barrier(struct comm *c, tp_err *e) {
-    int rc = comm_enter(c, e, "barrier");
-    if (rc) return rc;
-    double t0 = comm_now();
-    if (c->topo.size > 1) {
-        MPI_Request req;
-        c->seq++;
-        COMM_TRY(c, e, "barrier", "MPI_Ibarrier", MPI_Ibarrier(c->world, &req));
-        if ((rc = comm_wait(c, &req, "barrier", e))) return rc;
-    }
-    comm_account(c, t0, 0);
-    return 0;
-}
-
-int comm_any_error(struct comm *c, int local_status, int *first_bad_rank, tp_err *e) {
-    if (first_bad_rank) *first_bad_rank = -1;
-    int rc = comm_enter(c, e, "error agreement");
-    if (rc) return rc;
-    int n = c->topo.size;
-    int *all = malloc((size_t)n * sizeof *all);
-    if (!all) return tp_errf(e, TP_ENOMEM, "error agreement: cannot allocate %d statuses", n);
-    all[c->topo.rank] = local_status;
-    if ((rc = comm_all_gather(c, &all[c->topo.rank], all, sizeof *all, e))) {
-        free(all);
-        return rc;
-    }
-    int bad = -1, n_bad = 0;
-    for (int r = 0; r < n; r++)
-        if (all[r] != 0 && n_bad++ == 0) bad = r;
-    rc = bad < 0 ? 0 : all[bad];
-    if (bad >= 0) {
-        if (first_bad_rank) *first_bad_rank = bad;
-        tp_errf(e, rc, "rank %d (host %s) failed: %s%s", bad, c->hosts[bad], tp_status_name(rc),
-                n_bad > 1 ? " (and other ranks too; the lowest is named)" : "");
-    }
-    free(all);
-    return rc;
-}
-
-/* Timeout of every collective: the argument, else 60 s; TPLLM_COMM_TIMEOUT wins. */
-static int comm_resolve_timeout(double arg, double *out, tp_err *e) {
-    if (!(arg >= 0) || !isfinite(arg))
-        return tp_errf(e, TP_EINVAL, "communicator timeout %g s: must be a finite number >= 0 (0 means 60 s)", arg);
-    *out = arg > 0 ? arg : COMM_DEFAULT_TIMEOUT_S;
-    const char *env = getenv("TPLLM_COMM_TIMEOUT");
-    if (!env || !*env) return 0;
-    char *end = NULL;
-    double v = strtod(env, &end);
-    if (end == env || *end != '\0' || !(v > 0) || !isfinite(v))
-        return tp_errf(e, TP_EINVAL,
-                       "TPLLM_COMM_TIMEOUT='%s' is not a number of seconds > 0: set it to e.g. 60, or unset it", env);
-    *out = v;
-    return 0;
+static int mpi_barrier(struct comm *c, tp_err *e) {
+    struct comm_mpi *m = mpi_of(c);
+    if (c->topo.size == 1) return 0;
+    MPI_Request req;
+    m->seq++;
+    COMM_TRY(c, e, "barrier", "MPI_Ibarrier", MPI_Ibarrier(m->world, &req));
+    return comm_wait(c, &req, "barrier", e);
 }
 
 /* Node topology: local rank/size, host names of every rank, union of the node's masks. */
 static int comm_discover(struct comm *c, tp_err *e) {
+    struct comm_mpi *m = mpi_of(c);
     struct topo *t = &c->topo;
     COMM_TRY(c, e, "topology discovery", "MPI_Comm_split_type",
-             MPI_Comm_split_type(c->world, MPI_COMM_TYPE_SHARED, t->rank, MPI_INFO_NULL, &c->node));
+             MPI_Comm_split_type(m->world, MPI_COMM_TYPE_SHARED, t->rank, MPI_INFO_NULL, &m->node));
     COMM_TRY(c, e, "topology discovery", "MPI_Comm_set_errhandler",
-             MPI_Comm_set_errhandler(c->node, MPI_ERRORS_RETURN));
-    COMM_TRY(c, e, "topology discovery", "MPI_Comm_rank", MPI_Comm_rank(c->node, &t->local_rank));
-    COMM_TRY(c, e, "topology discovery", "MPI_Comm_size", MPI_Comm_size(c->node, &t->local_size));
+             MPI_Comm_set_errhandler(m->node, MPI_ERRORS_RETURN));
+    COMM_TRY(c, e, "topology discovery", "MPI_Comm_rank", MPI_Comm_rank(m->node, &t->local_rank));
+    COMM_TRY(c, e, "topology discovery", "MPI_Comm_size", MPI_Comm_size(m->node, &t->local_size));
 
     c->hosts = calloc((size_t)t->size, sizeof *c->hosts);
     cpu_set_t *masks = calloc((size_t)t->local_size, sizeof *masks);
@@ -388,11 +290,11 @@ static int comm_discover(struct comm *c, tp_err *e) {
     }
     t->n_cpus = TP_MAX(1, CPU_COUNT(&mine));
     masks[t->local_rank] = mine;
-    c->seq++; /* on every rank, whatever the size of its node, to keep seq equal */
+    m->seq++; /* on every rank, whatever the size of its node, to keep seq equal */
     if (t->local_size > 1) {
         MPI_Request req;
         const char *what = "topology discovery (CPU masks of this node)";
-        rc = MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, masks, (int)sizeof mine, MPI_BYTE, c->node, &req);
+        rc = MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, masks, (int)sizeof mine, MPI_BYTE, m->node, &req);
         if (rc != MPI_SUCCESS) {
             rc = comm_mpi_fail(c, e, rc, "MPI_Iallgather", what, __FILE__, __LINE__);
             goto out;
@@ -418,9 +320,11 @@ int comm_create_mpi(struct comm **out, double timeout_s, tp_err *e) {
     if (!inited || finalized)
         return tp_errf(e, TP_EINVAL, "comm_create_mpi: MPI is %s: call MPI_Init_thread first (the launcher does)",
                        finalized ? "already finalised" : "not initialised");
-    struct comm *c = calloc(1, sizeof *c);
-    if (!c) return tp_errf(e, TP_ENOMEM, "comm_create_mpi: out of memory");
-    c->world = c->ctl = c->node = MPI_COMM_NULL;
+    struct comm_mpi *m = calloc(1, sizeof *m);
+    if (!m) return tp_errf(e, TP_ENOMEM, "comm_create_mpi: out of memory");
+    struct comm *c = &m->c;
+    c->ops = &comm_mpi_ops;
+    m->world = m->ctl = m->node = MPI_COMM_NULL;
     c->timeout_s = COMM_DEFAULT_TIMEOUT_S;
     struct topo *t = &c->topo;
     if (gethostname(t->host, sizeof t->host - 1) != 0) snprintf(t->host, sizeof t->host, "unknown-host");
@@ -438,14 +342,14 @@ int comm_create_mpi(struct comm **out, double timeout_s, tp_err *e) {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     /* Duplicate WORLD without blocking, so that a rank that never arrives is reported. */
     MPI_Request req;
-    int rc = MPI_Comm_idup(MPI_COMM_WORLD, &c->world, &req);
+    int rc = MPI_Comm_idup(MPI_COMM_WORLD, &m->world, &req);
     if (rc != MPI_SUCCESS) {
         rc = comm_mpi_fail(c, e, rc, "MPI_Comm_idup", "communicator creation", __FILE__, __LINE__);
         goto fail;
     }
     if ((rc = comm_wait(c, &req, "communicator creation (MPI_Comm_idup of MPI_COMM_WORLD)", e))) goto fail;
-    if ((rc = MPI_Comm_set_errhandler(c->world, MPI_ERRORS_RETURN)) != MPI_SUCCESS ||
-        (rc = MPI_Comm_dup(c->world, &c->ctl)) != MPI_SUCCESS) {
+    if ((rc = MPI_Comm_set_errhandler(m->world, MPI_ERRORS_RETURN)) != MPI_SUCCESS ||
+        (rc = MPI_Comm_dup(m->world, &m->ctl)) != MPI_SUCCESS) {
         rc = comm_mpi_fail(c, e, rc, "MPI_Comm_dup", "communicator creation", __FILE__, __LINE__);
         goto fail;
     }
@@ -465,39 +369,46 @@ fail:
     return rc;
 }
 
-void comm_free(struct comm *c) {
-    if (!c) return;
+static void mpi_destroy(struct comm *c) {
+    struct comm_mpi *m = mpi_of(c);
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!c->broken && !finalized) {
-        if (c->node != MPI_COMM_NULL) MPI_Comm_free(&c->node);
-        if (c->ctl != MPI_COMM_NULL) MPI_Comm_free(&c->ctl);
-        if (c->world != MPI_COMM_NULL) MPI_Comm_free(&c->world);
+        if (m->node != MPI_COMM_NULL) MPI_Comm_free(&m->node);
+        if (m->ctl != MPI_COMM_NULL) MPI_Comm_free(&m->ctl);
+        if (m->world != MPI_COMM_NULL) MPI_Comm_free(&m->world);
     }
     free(c->hosts);
-    free(c);
+    free(m);
 }
 
-const struct topo *comm_topo(const struct comm *c) { return c ? &c->topo : NULL; }
+static void mpi_describe(const struct comm *c, char *buf, size_t size) { snprintf(buf, size, "mpi"); }
 
-const char *comm_peer_host(const struct comm *c, int rank) {
-    if (!c || !c->hosts || rank < 0 || rank >= c->topo.size) return "?";
-    return c->hosts[rank];
+static const struct comm_ops comm_mpi_ops = {
+    .kind = "mpi",
+    .all_reduce_sum = mpi_all_reduce_sum,
+    .all_gather = mpi_all_gather,
+    .bcast = mpi_bcast,
+    .barrier = mpi_barrier,
+    .set_stream = NULL,
+    .describe = mpi_describe,
+    .destroy = mpi_destroy,
+};
+
+bool comm_is_mpi(const struct comm *c) { return c && c->ops == &comm_mpi_ops; }
+
+void comm_mpi_answer_queries(struct comm *c) {
+    if (comm_is_mpi(c)) comm_answer_queries(c);
 }
 
-void comm_set_timeout(struct comm *c, double seconds) {
-    if (c && seconds > 0 && isfinite(seconds)) c->timeout_s = seconds;
+void comm_mpi_find_missing(struct comm *c, char *out, size_t size) {
+    if (size == 0) return;
+    if (comm_is_mpi(c)) comm_find_missing(c, out, size);
+    else snprintf(out, size, "which rank is missing is unknown: no MPI communicator to ask");
 }
 
-double comm_get_timeout(const struct comm *c) { return c ? c->timeout_s : 0; }
-
-struct comm_stats comm_get_stats(const struct comm *c) {
-    struct comm_stats s = {0};
-    return c ? c->stats : s;
-}
-
-void comm_reset_stats(struct comm *c) {
-    if (c) memset(&c->stats, 0, sizeof c->stats);
+void comm_mpi_note_collective(struct comm *c) {
+    if (comm_is_mpi(c)) mpi_of(c)->seq++;
 }
 
 void comm_abort(struct comm *c, int code, const char *msg) {

@@ -18,9 +18,7 @@ _Static_assert(TP_ARRAY_LEN(chat_names) == CHAT_FORMAT_COUNT, "chat_names covers
 
 #define CHAT_BUILTIN "gemma, llama3, chatml"
 
-const char *chat_format_name(enum chat_format f) {
-    return (unsigned)f < CHAT_FORMAT_COUNT ? chat_names[f] : "unknown";
-}
+const char *chat_format_name(enum chat_format f) { return (unsigned)f < CHAT_FORMAT_COUNT ? chat_names[f] : "unknown"; }
 
 const char *chat_default_bos(enum chat_format f) {
     switch (f) {
@@ -60,9 +58,12 @@ static void chatml_default_system(const char *t, size_t len, char *out, size_t c
     while ((p = memmem(p, (size_t)(end - p), head, sizeof head - 1))) {
         p += sizeof head - 1;
         const char *q = p;
-        if (q < end && *q == '\n') q++;
-        else if (end - q >= 2 && q[0] == '\\' && q[1] == 'n') q += 2;
-        else continue;
+        if (q < end && *q == '\n')
+            q++;
+        else if (end - q >= 2 && q[0] == '\\' && q[1] == 'n')
+            q += 2;
+        else
+            continue;
         size_t n = 0;
         bool ok = false;
         while (q < end) {
@@ -203,10 +204,11 @@ static int fmt_gemma(struct sbuf *b, const struct chat_message *m, size_t n, boo
         size_t k = i - first;
         bool user = strcmp(m[i].role, "user") == 0;
         if (user != (k % 2 == 0))
-            return tp_errf(e, TP_EINVAL,
-                           "message %zu has role \"%s\", but the Gemma chat template needs roles to alternate "
-                           "user/assistant/user/... after an optional first system message; merge or reorder the messages",
-                           i, m[i].role);
+            return tp_errf(
+                e, TP_EINVAL,
+                "message %zu has role \"%s\", but the Gemma chat template needs roles to alternate "
+                "user/assistant/user/... after an optional first system message; merge or reorder the messages",
+                i, m[i].role);
         sb_puts(b, "<start_of_turn>");
         sb_puts(b, strcmp(m[i].role, "assistant") == 0 ? "model" : m[i].role);
         sb_puts(b, "\n");
@@ -279,9 +281,7 @@ int chat_apply(const struct chat_template *t, const struct chat_message *msgs, s
         fmt_llama3(&b, msgs, n, add_generation_prompt, bos);
         has_bos = bos[0] != '\0';
         break;
-    default:
-        fmt_chatml(&b, msgs, n, add_generation_prompt, t->default_system);
-        break;
+    default: fmt_chatml(&b, msgs, n, add_generation_prompt, t->default_system); break;
     }
     if (!rc && !b.oom) sb_put(&b, "", 0); /* an empty rendering still yields a string */
     if (!rc && b.oom) rc = tp_errf(e, TP_ENOMEM, "out of memory formatting a chat of %zu messages", n);

@@ -20,13 +20,7 @@
 
 #include "../kernels/base.h"
 
-enum chat_format {
-    CHAT_GEMMA = 0,
-    CHAT_LLAMA3,
-    CHAT_CHATML,
-    CHAT_UNKNOWN,
-    CHAT_FORMAT_COUNT
-};
+enum chat_format { CHAT_GEMMA = 0, CHAT_LLAMA3, CHAT_CHATML, CHAT_UNKNOWN, CHAT_FORMAT_COUNT };
 
 /* A recognised template: the format and what the formatter needs from the template text. */
 struct chat_template {

@@ -30,10 +30,10 @@ int gen_run(struct engine *en, const struct tokenizer *tok, const struct gen_req
     int32_t *hist = malloc((size_t)(r->n_prompt + max_new + 1) * sizeof(int32_t));
     int32_t *pos = malloc((size_t)chunk * sizeof(int32_t));
     int32_t *seqv = calloc((size_t)chunk, sizeof(int32_t));
-    size_t piece_cap = tokenizer_max_piece(tok) + 8;
-    char *piece = malloc(piece_cap);
+    struct detok dt;
+    detok_init(&dt, tok, false);
     int seq = -1;
-    if (!hist || !pos || !seqv || !piece) {
+    if (!hist || !pos || !seqv) {
         rc = tp_errf(e, TP_ENOMEM, "out of host memory");
         goto done;
     }
@@ -70,10 +70,12 @@ int gen_run(struct engine *en, const struct tokenizer *tok, const struct gen_req
             res->finish = GEN_FINISH_EOG;
             break;
         }
-        int64_t len = tokenizer_piece(tok, next, false, piece, piece_cap);
+        /* detokenize to valid UTF-8 first (split characters held, invalid bytes -> U+FFFD), then stops */
+        const char *text;
+        size_t len;
         struct stop_out so;
-        if (len < 0 || (size_t)len > piece_cap) len = 0;
-        if ((rc = stop_feed(stop, piece, (size_t)len, &so, e))) goto done;
+        if ((rc = detok_push(&dt, next, &text, &len, e))) goto done;
+        if ((rc = stop_feed(stop, text, len, &so, e))) goto done;
         if (so.len && emit && emit(user, so.text, so.len)) {
             res->finish = GEN_FINISH_CALLER;
             break;
@@ -90,6 +92,11 @@ int gen_run(struct engine *en, const struct tokenizer *tok, const struct gen_req
     }
     if (res->finish != GEN_FINISH_STOP && res->finish != GEN_FINISH_CALLER) {
         struct stop_out so;
+        const char *text;
+        size_t len;
+        if ((rc = detok_flush(&dt, &text, &len, e))) goto done;
+        if ((rc = stop_feed(stop, text, len, &so, e))) goto done;
+        if (so.len && emit) emit(user, so.text, so.len);
         stop_flush(stop, &so);
         if (so.len && emit) emit(user, so.text, so.len);
     }
@@ -102,6 +109,6 @@ done:
     free(hist);
     free(pos);
     free(seqv);
-    free(piece);
+    detok_free(&dt);
     return rc;
 }

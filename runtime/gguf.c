@@ -27,9 +27,9 @@
 #define HINT_TRUNC "the file is truncated — download it again"
 #define HINT_CORRUPT "the file is corrupt — download or convert it again"
 
-#define TRY(x)                \
-    do {                      \
-        int rc_ = (x);        \
+#define TRY(x)                   \
+    do {                         \
+        int rc_ = (x);           \
         if (rc_ < 0) return rc_; \
     } while (0)
 
@@ -194,7 +194,7 @@ static int parse_header(struct parser *ps, uint64_t *n_kv, uint64_t *n_tensors) 
     TRY(rd_u32(ps, &version, "version"));
     f->version = version;
     if (version == 1)
-        return ferr(ps, "GGUF version 1 (files from before September 2023) is not supported; re-convert the model "
+        return ferr(ps, "GGUF version 1 (the first GGUF files, from August 2023) is not supported; re-convert the model "
                         "with a newer llama.cpp (convert_hf_to_gguf.py), which writes version 3");
     if (__builtin_bswap32(version) == 2 || __builtin_bswap32(version) == 3)
         return ferr(ps, "this is a big-endian GGUF file (version field 0x%08x at byte 4); tpllm reads little-endian "
@@ -641,10 +641,14 @@ const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *f, const char
 
 int gguf_check_supported(const struct gguf_tensor *t, tp_err *e) {
     if (dtype_supported(t->type)) return 0;
+    char ok[256] = "";
+    for (int d = 0; d < DTYPE_COUNT; d++) /* the list follows the type table */
+        if (dtype_supported(d))
+            snprintf(ok + strlen(ok), sizeof ok - strlen(ok), "%s%s", ok[0] ? ", " : "", dtype_name(d));
     return tp_errf(e, TP_EUNSUPPORTED,
-                   "tensor '%s' has type %s, which tpllm does not support yet; use a file quantized to F32, F16, BF16, "
-                   "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or a K-quant Q2_K..Q6_K (e.g. Q4_K_M)",
-                   t->name, dtype_name(t->type));
+                   "tensor '%s' has type %s, which tpllm does not support yet; use a model file quantized to one of "
+                   "%s (e.g. Q4_K_M)",
+                   t->name, dtype_name(t->type), ok);
 }
 
 static int type_err(const struct gguf_file *f, const struct gguf_kv *kv, const char *key, const char *expected,

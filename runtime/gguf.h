@@ -80,7 +80,8 @@ struct gguf_file {
     uint64_t n_tensors;
     struct gguf_tensor *tensors;
     size_t alignment;
-    size_t data_offset;     /* start of the tensor data section */
+    size_t data_offset;     /* start of the tensor data section (header end rounded up to
+                             * alignment; may lie past the end when there are no tensors) */
     uint64_t data_bytes;    /* sum of tensor byte sizes */
     struct gguf_kv **kv_sorted;          /* kv sorted by key, for lookups (owned) */
     struct gguf_tensor **tensors_sorted; /* tensors sorted by name, for lookups (owned) */

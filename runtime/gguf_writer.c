@@ -55,7 +55,7 @@ struct gguf_writer {
 /* ---- byte buffer ---- */
 
 static void buf_put(struct gw_buf *b, const void *p, size_t n) {
-    if (b->failed) return;
+    if (b->failed || n == 0) return;
     if (n > SIZE_MAX - b->n) {
         b->failed = true;
         return;
@@ -462,10 +462,7 @@ static int out_zeros(struct gw_out *o, uint64_t n, tp_err *e) {
 }
 
 static int out_pad(struct gw_out *o, uint32_t align, tp_err *e) {
-    uint64_t pad = align_up(o->pos, align) - o->pos;
-    if (pad == 0) return 0;
-    if (o->sparse) return out_zeros(o, pad, e);
-    return out_write(o, o->zeros, (size_t)pad, e);
+    return out_zeros(o, align_up(o->pos, align) - o->pos, e);
 }
 
 /* Quantize F32 rows (from memory or a generator) chunk by chunk and write them. */

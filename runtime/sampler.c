@@ -57,10 +57,12 @@ int sampler_params_validate(const struct sampler_params *p, tp_err *e) {
         return tp_errf(e, TP_EINVAL, "top_k must be >= 0, got %d (--top-k / request field \"top_k\"; 0 turns it off)",
                        (int)p->top_k);
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
-        return tp_errf(e, TP_EINVAL, "top_p must be in (0, 1], got %g (--top-p / request field \"top_p\"; 1 turns it off)",
+        return tp_errf(e, TP_EINVAL,
+                       "top_p must be in (0, 1], got %g (--top-p / request field \"top_p\"; 1 turns it off)",
                        (double)p->top_p);
     if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
-        return tp_errf(e, TP_EINVAL, "min_p must be in [0, 1], got %g (--min-p / request field \"min_p\"; 0 turns it off)",
+        return tp_errf(e, TP_EINVAL,
+                       "min_p must be in [0, 1], got %g (--min-p / request field \"min_p\"; 0 turns it off)",
                        (double)p->min_p);
     if (!(p->repeat_penalty > 0.0f) || isinf(p->repeat_penalty))
         return tp_errf(e, TP_EINVAL,
@@ -167,14 +169,16 @@ int sampler_merge(int32_t *ids_out, float *logits_out, int64_t *n_out, float *ls
     int64_t total = 0;
     double m = -INFINITY;
     for (int r = 0; r < n_ranks; r++) {
-        if (counts[r] < 0) return tp_errf(e, TP_EINVAL, "sampler_merge: rank %d sent %lld candidates", r, (long long)counts[r]);
-        total += counts[r];
-        if (isnan(lses[r])) return tp_errf(e, TP_EINVAL, "sampler_merge: rank %d's log-sum-exp is NaN (its logits hold a NaN)", r);
+        if (counts[r] < 0 || __builtin_add_overflow(total, counts[r], &total))
+            return tp_errf(e, TP_EINVAL, "sampler_merge: rank %d sent %lld candidates", r, (long long)counts[r]);
+        if (isnan(lses[r]))
+            return tp_errf(e, TP_EINVAL, "sampler_merge: rank %d's log-sum-exp is NaN (its logits hold a NaN)", r);
         if (lses[r] > m) m = lses[r];
     }
     if (total == 0 || m == -INFINITY)
         return tp_errf(e, TP_EINVAL, "sampler_merge: the ranks sent no candidates with finite probability");
-    struct cand *c = malloc((size_t)total * sizeof *c);
+    size_t bytes;
+    struct cand *c = tp_mul_size((size_t)total, sizeof *c, &bytes) ? malloc(bytes) : NULL;
     if (!c) return tp_errf(e, TP_ENOMEM, "sampler_merge: no memory for %lld candidates", (long long)total);
     int64_t k = 0;
     for (int r = 0; r < n_ranks; r++) {
@@ -209,7 +213,8 @@ int sampler_merge(int32_t *ids_out, float *logits_out, int64_t *n_out, float *ls
 static int cand_check(const int32_t *ids, const float *logits, int64_t n, float lse, tp_err *e) {
     if (n < 1 || !ids || !logits) return tp_errf(e, TP_EINVAL, "sampler: empty candidate list");
     if (!isfinite(logits[0]))
-        return tp_errf(e, TP_EINVAL, "sampler: the best candidate's logit is %g (token %d); the model produced no usable logits",
+        return tp_errf(e, TP_EINVAL,
+                       "sampler: the best candidate's logit is %g (token %d); the model produced no usable logits",
                        (double)logits[0], (int)ids[0]);
     if (!isfinite(lse)) return tp_errf(e, TP_EINVAL, "sampler: the vocabulary's log-sum-exp is %g", (double)lse);
     for (int64_t i = 1; i < n; i++) {
@@ -366,8 +371,8 @@ int sampler_sample(struct sampler *s, const int32_t *ids, const float *logits, i
 
 /* ---- logprobs ---- */
 
-int sampler_logprobs(const int32_t *ids, const float *logits, int64_t n, float lse, int32_t token,
-                     int64_t n_top, struct sampler_logprob *top, float *token_logprob, tp_err *e) {
+int sampler_logprobs(const int32_t *ids, const float *logits, int64_t n, float lse, int32_t token, int64_t n_top,
+                     struct sampler_logprob *top, float *token_logprob, tp_err *e) {
     if (n < 1 || !ids || !logits) return tp_errf(e, TP_EINVAL, "logprobs: empty candidate list");
     if (n_top < 0 || n_top > n || (n_top > 0 && !top))
         return tp_errf(e, TP_EINVAL, "logprobs: asked for %lld top entries but only %lld candidates exist",
@@ -375,7 +380,8 @@ int sampler_logprobs(const int32_t *ids, const float *logits, int64_t n, float l
     int64_t at = -1;
     for (int64_t i = 0; i < n && at < 0; i++)
         if (ids[i] == token) at = i;
-    if (at < 0) return tp_errf(e, TP_EINVAL, "logprobs: token %d is not among the %lld candidates", (int)token, (long long)n);
+    if (at < 0)
+        return tp_errf(e, TP_EINVAL, "logprobs: token %d is not among the %lld candidates", (int)token, (long long)n);
     if (token_logprob) *token_logprob = (float)((double)logits[at] - (double)lse);
     for (int64_t i = 0; i < n_top; i++)
         top[i] = (struct sampler_logprob){ids[i], (float)((double)logits[i] - (double)lse)};

@@ -25,16 +25,16 @@
 #define SAMPLER_N_CAND_DEFAULT 64
 
 struct sampler_params {
-    float temperature;        /* <= 0: greedy (argmax, ties: lowest id) */
-    int32_t top_k;            /* keep the k most likely tokens; 0 = off */
-    float top_p;              /* keep the smallest prefix of mass >= top_p; 1 = off */
-    float min_p;              /* keep tokens with p >= min_p * p_max; 0 = off */
-    float repeat_penalty;     /* divide positive / multiply negative logits of seen tokens; 1 = off */
-    int32_t repeat_last_n;    /* history window for all penalties; -1 = whole history, 0 = off */
-    float presence_penalty;   /* subtracted once from every seen token; 0 = off */
-    float frequency_penalty;  /* subtracted once per occurrence; 0 = off */
-    uint64_t seed;            /* PRNG seed; SAMPLER_SEED_RANDOM = pick one */
-    int32_t n_cand;           /* candidates per rank; the effective count is max(n_cand, top_k) */
+    float temperature;       /* <= 0: greedy (argmax, ties: lowest id) */
+    int32_t top_k;           /* keep the k most likely tokens; 0 = off */
+    float top_p;             /* keep the smallest prefix of mass >= top_p; 1 = off */
+    float min_p;             /* keep tokens with p >= min_p * p_max; 0 = off */
+    float repeat_penalty;    /* divide positive / multiply negative logits of seen tokens; 1 = off */
+    int32_t repeat_last_n;   /* history window for all penalties; -1 = whole history, 0 = off */
+    float presence_penalty;  /* subtracted once from every seen token; 0 = off */
+    float frequency_penalty; /* subtracted once per occurrence; 0 = off */
+    uint64_t seed;           /* PRNG seed; SAMPLER_SEED_RANDOM = pick one */
+    int32_t n_cand;          /* candidates per rank; the effective count is max(n_cand, top_k) */
 };
 
 /* llama.cpp-like defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, no
@@ -75,7 +75,7 @@ int sampler_merge(int32_t *ids_out, float *logits_out, int64_t *n_out, float *ls
  * that holds no resources: embed it, copy it, drop it. */
 struct sampler {
     struct sampler_params p;
-    uint64_t seed;    /* the seed actually used (random seeds are resolved here) */
+    uint64_t seed; /* the seed actually used (random seeds are resolved here) */
     uint64_t rng[4];
 };
 
@@ -112,8 +112,8 @@ struct sampler_logprob {
  * sampler_dist; n_top must be <= n (and the first sampler_n_cand entries of a merged list
  * are exact, so n_top <= 20 is always safe). TP_EINVAL when token is not a candidate or
  * n_top is out of range. */
-int sampler_logprobs(const int32_t *ids, const float *logits, int64_t n, float lse, int32_t token,
-                     int64_t n_top, struct sampler_logprob *top, float *token_logprob, tp_err *e);
+int sampler_logprobs(const int32_t *ids, const float *logits, int64_t n, float lse, int32_t token, int64_t n_top,
+                     struct sampler_logprob *top, float *token_logprob, tp_err *e);
 
 /* The chosen token's log-probability alone (logit - lse, as above), for callers that keep
  * the logits and ids side by side; -INFINITY when token is not among the n candidates.

@@ -10,13 +10,13 @@
 #include <string.h>
 
 struct stop_matcher {
-    char **stops;       /* the non-empty stop strings (owned) */
+    char **stops; /* the non-empty stop strings (owned) */
     size_t *stop_len;
-    int *stop_index;    /* index in the caller's list */
+    int *stop_index; /* index in the caller's list */
     size_t n_stops;
-    char *buf;          /* pending bytes: buf[drop..len) */
+    char *buf; /* pending bytes: buf[drop..len) */
     size_t len, cap;
-    size_t drop;        /* bytes released by the previous call, dropped at the next */
+    size_t drop; /* bytes released by the previous call, dropped at the next */
     bool stopped;
     int stop;
 };
@@ -123,13 +123,18 @@ int stop_feed(struct stop_matcher *m, const char *piece, size_t len, struct stop
     m->len = need;
     o->text = m->buf;
 
-    /* The earliest complete stop string. */
-    size_t at = SIZE_MAX;
+    /* The stop string that completes first (earliest end; on a tie the longer one), as if
+     * the text had arrived one byte at a time: the result does not depend on how the text
+     * is cut into pieces. */
+    size_t at = SIZE_MAX, at_end = SIZE_MAX;
     int which = -1;
     for (size_t s = 0; s < m->n_stops; s++) {
         const char *hit = memmem(m->buf, m->len, m->stops[s], m->stop_len[s]);
-        if (hit && (size_t)(hit - m->buf) < at) {
-            at = (size_t)(hit - m->buf);
+        if (!hit) continue;
+        size_t pos = (size_t)(hit - m->buf), end = pos + m->stop_len[s];
+        if (end < at_end || (end == at_end && pos < at)) {
+            at = pos;
+            at_end = end;
             which = m->stop_index[s];
         }
     }

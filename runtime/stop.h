@@ -7,6 +7,8 @@
  * appears releases only the text before it (OpenAI semantics: the stop string itself is
  * not returned) and reports the end of generation.
  *
+ * The stop string that ends first wins (on a tie, the longer), exactly as if the text came
+ * one byte at a time, so the result never depends on how the text is cut into pieces.
  * Matching is bytewise; for UTF-8 stop strings in UTF-8 text this finds exactly the
  * character-aligned occurrences. Usage per sequence:
  *   stop_init(&m, stops, n, e);

@@ -51,6 +51,7 @@ struct tokenizer {
     size_t max_piece;
 
     int32_t bos, eos, eot, eom, unk, pad, sep;
+    int32_t fim[6]; /* fill-in-the-middle: pre, suf, mid, pad, rep, sep */
     bool add_bos, add_eos;
     bool add_space_prefix;  /* SPM: prefix a space to text at the start / after a special token */
     bool escape_whitespace; /* replace ' ' by U+2581 before tokenizing */

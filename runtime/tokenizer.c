@@ -185,10 +185,15 @@ static bool text_is(const struct tokenizer *t, int32_t id, const char *z) {
     return n == strlen(z) && memcmp(s, z, n) == 0;
 }
 
-static bool text_in(const struct tokenizer *t, int32_t id, const char *const *list) {
-    for (; *list; list++)
-        if (text_is(t, id, *list)) return true;
-    return false;
+/* The lowest id among the tokens whose text is in `list` (each text looked up in the map,
+ * so a text shadowed by a later duplicate counts with the later id), or -1. */
+static int32_t first_of(const struct tokenizer *t, const char *const *list) {
+    int32_t best = -1;
+    for (; *list; list++) {
+        int32_t id = tok_lookup(t, *list, strlen(*list));
+        if (id >= 0 && (best < 0 || id < best)) best = id;
+    }
+    return best;
 }
 
 static const char *const EOT_TEXTS[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
@@ -236,49 +241,34 @@ static void eog_remove(struct tokenizer *t, int32_t id) {
         }
 }
 
-/* The part of llama_vocab::impl::load that guesses special tokens from their texts. It walks
- * the distinct texts (llama.cpp: an unordered_map, whose order decides which of several
- * candidates becomes eot/fim; tpllm takes the lowest id - docs/tokenizers.md). */
+/* The part of llama_vocab::impl::load that guesses special tokens from their texts. llama.cpp
+ * walks its text -> id unordered_map, whose order decides which of several candidates
+ * becomes eot/eom/fim; tpllm takes the lowest id (docs/tokenizers.md). */
 static int detect_specials(struct tokenizer *t) {
-    int32_t fim[6] = {-1, -1, -1, -1, -1, -1};
-    const char *const *fim_texts[6] = {FIM_PRE_TEXTS, FIM_SUF_TEXTS, FIM_MID_TEXTS,
-                                       FIM_PAD_TEXTS, FIM_REP_TEXTS, FIM_SEP_TEXTS};
-    for (int32_t id = 0; id < t->n_vocab; id++) {
-        size_t n;
-        const char *s = tok_text(t, id, &n);
-        if (tok_lookup(t, s, n) != id) continue; /* shadowed by a later duplicate */
-        if (t->eot < 0 && text_in(t, id, EOT_TEXTS)) {
-            t->eot = id;
-            t->attr[id] |= TOKENIZER_ATTR_CONTROL;
-        }
-        if (t->eom < 0 && text_in(t, id, EOM_TEXTS)) {
-            t->eom = id;
-            t->attr[id] |= TOKENIZER_ATTR_CONTROL;
-        }
-        for (int k = 0; k < 6; k++)
-            if (fim[k] < 0 && text_in(t, id, fim_texts[k])) {
-                fim[k] = id;
-                t->attr[id] |= TOKENIZER_ATTR_CONTROL;
-            }
+    const char *const *guess[8] = {EOT_TEXTS, EOM_TEXTS, FIM_PRE_TEXTS, FIM_SUF_TEXTS,
+                                   FIM_MID_TEXTS, FIM_PAD_TEXTS, FIM_REP_TEXTS, FIM_SEP_TEXTS};
+    int32_t found[8];
+    for (int k = 0; k < 8; k++) {
+        int32_t *have = k == 0 ? &t->eot : k == 1 ? &t->eom : &t->fim[k - 2]; /* ids set by keys win */
+        if (*have < 0 && (*have = first_of(t, guess[k])) >= 0) t->attr[*have] |= TOKENIZER_ATTR_CONTROL;
+        found[k] = *have;
     }
     for (int32_t id = 0; id < t->n_vocab; id++) {
+        if (!(t->attr[id] & TOKENIZER_ATTR_CONTROL)) continue;
         size_t n;
         const char *s = tok_text(t, id, &n);
-        if (tok_lookup(t, s, n) != id || !(t->attr[id] & TOKENIZER_ATTR_CONTROL)) continue;
-        if (memmem(s, n, "unused", 6)) t->attr[id] |= TOKENIZER_ATTR_UNUSED;
+        if (tok_lookup(t, s, n) == id && memmem(s, n, "unused", 6)) t->attr[id] |= TOKENIZER_ATTR_UNUSED;
     }
-    int rc = eog_add(t, fim[3]) || eog_add(t, fim[4]) || eog_add(t, fim[5]);
-    for (int32_t id = 0; id < t->n_vocab && !rc; id++) {
-        size_t n;
-        const char *s = tok_text(t, id, &n);
-        if (tok_lookup(t, s, n) != id || !text_in(t, id, EOG_TEXTS)) continue;
+    int rc = eog_add(t, found[5]) || eog_add(t, found[6]) || eog_add(t, found[7]);
+    for (const char *const *p = EOG_TEXTS; *p && !rc; p++) {
+        int32_t id = tok_lookup(t, *p, strlen(*p));
+        if (id < 0) continue;
         rc = eog_add(t, id);
         t->attr[id] |= TOKENIZER_ATTR_CONTROL;
     }
-    for (int32_t id = 0; id < t->n_vocab; id++) {
-        size_t n;
-        const char *s = tok_text(t, id, &n);
-        if (tok_lookup(t, s, n) == id && text_in(t, id, ALWAYS_USER_TEXTS)) t->attr[id] = TOKENIZER_ATTR_USER_DEFINED;
+    for (const char *const *p = ALWAYS_USER_TEXTS; *p; p++) {
+        int32_t id = tok_lookup(t, *p, strlen(*p));
+        if (id >= 0) t->attr[id] = TOKENIZER_ATTR_USER_DEFINED;
     }
     if (rc || eog_add(t, t->eos) || eog_add(t, t->eot) || eog_add(t, t->eom)) return TP_ENOMEM;
     /* gpt-oss / solar-open: <|end|> is no end of generation when <|return|>/<|call|> exist;
@@ -481,6 +471,7 @@ static int load(struct tokenizer *t, const struct gguf_file *f, tp_err *e) {
     if (!rc) gguf_str_copy(s, pre, sizeof pre);
 
     t->eot = t->eom = t->sep = t->pad = -1;
+    for (int i = 0; i < 6; i++) t->fim[i] = -1;
     if (strcmp(model, "llama") == 0) {
         t->kind = TOKENIZER_SPM;
         t->bos = 1, t->eos = 2, t->unk = 0;
@@ -542,11 +533,18 @@ static int load(struct tokenizer *t, const struct gguf_file *f, tp_err *e) {
         return rc == TP_ENOMEM ? tp_errf(e, rc, "%s: out of memory for the BPE merges", f->path) : rc;
 
     /* Defaults outside the vocabulary are disabled, then the keys override them. */
-    int32_t *ids[] = {&t->bos, &t->eos, &t->eot, &t->eom, &t->unk, &t->sep, &t->pad};
+    int32_t *ids[] = {&t->bos, &t->eos, &t->eot, &t->eom, &t->unk, &t->sep, &t->pad,
+                      &t->fim[0], &t->fim[1], &t->fim[2], &t->fim[3], &t->fim[4], &t->fim[5],
+                      &t->fim[0], &t->fim[1], &t->fim[2]};
     static const char *const keys[] = {KEY_PREFIX "bos_token_id", KEY_PREFIX "eos_token_id",
                                        KEY_PREFIX "eot_token_id", KEY_PREFIX "eom_token_id",
                                        KEY_PREFIX "unknown_token_id", KEY_PREFIX "seperator_token_id",
-                                       KEY_PREFIX "padding_token_id"};
+                                       KEY_PREFIX "padding_token_id", KEY_PREFIX "fim_pre_token_id",
+                                       KEY_PREFIX "fim_suf_token_id", KEY_PREFIX "fim_mid_token_id",
+                                       KEY_PREFIX "fim_pad_token_id", KEY_PREFIX "fim_rep_token_id",
+                                       KEY_PREFIX "fim_sep_token_id", KEY_PREFIX "prefix_token_id", /* deprecated */
+                                       KEY_PREFIX "suffix_token_id", KEY_PREFIX "middle_token_id"};
+    _Static_assert(TP_ARRAY_LEN(ids) == TP_ARRAY_LEN(keys), "one key per id");
     for (size_t i = 0; i < TP_ARRAY_LEN(ids); i++) {
         if (*ids[i] >= t->n_vocab) *ids[i] = -1;
         if ((rc = read_id(f, keys[i], t->n_vocab, ids[i], e))) return rc;

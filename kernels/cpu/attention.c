@@ -9,7 +9,13 @@
  * Scores go to the calling thread's scratch row of opts.max_ctx floats. A span longer than
  * that is processed in chunks with the usual online-softmax rescaling (m and the running
  * sums are corrected by e^(m_old - m_new) when a chunk raises the maximum), so any
- * context length works; within one chunk it is the plain two-pass softmax. */
+ * context length works; within one chunk it is the plain two-pass softmax.
+ *
+ * With an F16 cache the rounding follows llama.cpp's (non-flash) attention, so that
+ * logits agree with it closely: q is rounded to f16 before q.K (ggml converts the f32
+ * operand of an f16 matmul to f16), and the normalised probabilities are rounded to f16
+ * before they weight V (same reason). A span longer than one chunk keeps f32
+ * probabilities (online softmax cannot normalise before the last chunk). */
 #include "vec.h"
 
 #include <math.h>
@@ -204,6 +210,47 @@ static float exp_shift_scalar(float *s, int64_t n, float m) {
     return sum;
 }
 
+/* Heads wider than this skip the f16 rounding of q (a stack buffer holds the rounded q). */
+enum { ATT_MAX_HD = 1024 };
+
+/* One (token, head) over an f16 cache whose span fits one chunk: two-pass softmax with the
+ * probabilities normalised and rounded to f16 before weighting V, as llama.cpp does. */
+static void att_one_f16(const struct att_ctx *c, const float *qh, float *oh, const int32_t *table, int64_t lo,
+                        int64_t hi, int64_t g, float *sc) {
+    const struct kv_layer *kv = c->kv;
+    const int64_t hd = kv->head_dim, cn = hi - lo + 1;
+    const char *kbase = kv->k, *vbase = kv->v;
+    float m = -INFINITY;
+    for (int64_t j = 0; j < cn; j++) {
+        const void *kp = kbase + (size_t)att_kv_off(kv, table, lo + j, g) * 2;
+#if CPU_HAVE_X86
+        float s = c->avx2 ? dot_avx2(qh, kp, kv->type, hd) : dot_scalar(qh, kp, kv->type, hd);
+#else
+        float s = dot_scalar(qh, kp, kv->type, hd);
+#endif
+        sc[j] = s * c->scale;
+        m = TP_MAX(m, sc[j]);
+    }
+    double l = 0;
+    for (int64_t j = 0; j < cn; j++) {
+        sc[j] = expf(sc[j] - m);
+        l += sc[j];
+    }
+    const float inv = (float)(1.0 / l);
+    for (int64_t j = 0; j < cn; j++) {
+        const float w = h2f(f32_to_fp16(sc[j] * inv));
+        if (w == 0.0f) continue;
+        const void *vp = vbase + (size_t)att_kv_off(kv, table, lo + j, g) * 2;
+#if CPU_HAVE_X86
+        if (c->avx2) {
+            axpy_avx2(oh, w, vp, kv->type, hd);
+            continue;
+        }
+#endif
+        axpy_scalar(oh, w, vp, kv->type, hd);
+    }
+}
+
 static void att_one(const struct att_ctx *c, int64_t item, float *sc) {
     const struct kv_layer *kv = c->kv;
     const struct attn_batch *bt = c->batch;
@@ -218,6 +265,16 @@ static void att_one(const struct att_ctx *c, int64_t item, float *sc) {
     memset(oh, 0, (size_t)hd * sizeof(float));
     int64_t hi = bt->pos[t];
     int64_t lo = c->window > 0 ? TP_MAX(0, hi - c->window + 1) : 0;
+    float qr[ATT_MAX_HD];
+    const bool f16 = kv->type == DTYPE_F16 && hd <= ATT_MAX_HD;
+    if (f16) {
+        for (int64_t i = 0; i < hd; i++) qr[i] = h2f(f32_to_fp16(qh[i]));
+        qh = qr;
+        if (hi - lo + 1 <= c->chunk) {
+            att_one_f16(c, qh, oh, table, lo, hi, g, sc);
+            return;
+        }
+    }
     float m = -INFINITY, l = 0.0f;
     for (int64_t c0 = lo; c0 <= hi; c0 += c->chunk) {
         int64_t cn = TP_MIN(c->chunk, hi - c0 + 1);

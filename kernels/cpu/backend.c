@@ -143,6 +143,7 @@ int kbackend_cpu_create(struct kbackend **out, const struct kbackend_opts *o, tp
         return tp_errf(e, TP_ENOMEM, "cpu backend: out of memory for attention scratch (%d threads x %lld "
                        "positions); lower the context length", r.n_threads, (long long)r.max_ctx);
     }
+    b->workspace_bytes = c->act_q_bytes + att_floats * sizeof(float);
     *out = b;
     return 0;
 }
@@ -162,6 +163,8 @@ void kbackend_describe(const struct kbackend *b, char *buf, size_t n) {
         const struct cpu_backend *c = b->impl;
         snprintf(buf, n, "cpu: %s, %d thread%s", cpu_simd_name(c->simd), c->n_threads,
                  c->n_threads == 1 ? "" : "s");
+    } else if (b->ops->describe) {
+        b->ops->describe(b, buf, n);
     } else {
         snprintf(buf, n, "%s", b->ops->name);
     }

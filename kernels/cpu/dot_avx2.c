@@ -1,16 +1,17 @@
 /* dot_avx2.c - AVX2 + FMA + F16C matmul kernels: activation quantization and the block
  * dot products of every weight type (same integer sums as dot_scalar.c).
  *
- * Each kernel takes one weight row and up to KDOT_NT tokens: a weight block is loaded and
- * unpacked to unsigned bytes once, then multiplied with each token's int8 activations by
- * vpmaddubsw (u8 x s8 -> pairs of s16) and vpmaddwd (-> s32, times a sub-block scale or
- * 1). Offsets of the unsigned codes are taken out with the activation block sums:
+ * Each kernel takes one weight row and up to KDOT_NT tokens: a weight block (for the
+ * 32-value types a pair of blocks, matching the interleaved activation rows of
+ * simd_dot.h) is loaded and unpacked to unsigned bytes once, then multiplied with each
+ * token's int8 activations by vpmaddubsw (u8 x s8 -> pairs of s16) and vpmaddwd (-> s32,
+ * times a sub-block scale or 1). Offsets of the unsigned codes are taken out with the activation block sums:
  *   Q4_0: sum (q - 8) a = sum q a - 8 sum a      Q5_0: ... - 16 sum a
  *   Q3_K: sum_g sc_g sum (u - 4) a = sum_g sc_g sum u a - 4 sum_g sc_g bsum_g  (Q6_K: 32)
  * Q8_0 uses the sign trick (|w| x sign(a, w)). Integer lane sums are converted to float
- * once per block (legacy) or super-block (K) and accumulated with FMA; the 32-value block
- * types alternate two accumulators per token so that consecutive FMAs do not wait on
- * each other. Compiled per function for avx2,fma,f16c: the library itself needs no -m
+ * once per block pair (legacy) or super-block (K) and accumulated with FMA; the 32-value
+ * block types alternate two accumulators per token so that consecutive FMAs do not wait
+ * on each other. Compiled per function for avx2,fma,f16c: the library itself needs no -m
  * flags and matmul.c only calls these after checking the CPU. */
 #pragma GCC optimize("fp-contract=off") /* activation rounding must equal dot_scalar.c's */
 
@@ -64,10 +65,11 @@ A2I __m256i a2_round_away(__m256 v) {
 }
 
 static A2 void a2_act_q8_32(const float *x, int64_t n, uint8_t *row, const struct kact_rows *lay) {
-    float *dd = (float *)(row + lay->off_d), *ss = (float *)(row + lay->off_s);
-    int32_t *sums = (int32_t *)(row + lay->off_sum);
+    float *dd = (float *)(row + lay->off_d), *ss = (float *)(row + lay->off_s), *dv = (float *)(row + lay->off_dv);
+    int32_t *sums = (int32_t *)(row + lay->off_sum), *sv = (int32_t *)(row + lay->off_sv);
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    for (int64_t b = 0; b < n / 32; b++) {
+    const int64_t nb = n / 32;
+    for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + 32 * b;
         __m256 v[4], m = _mm256_setzero_ps();
         for (int k = 0; k < 4; k++) {
@@ -82,11 +84,23 @@ static A2 void a2_act_q8_32(const float *x, int64_t n, uint8_t *row, const struc
         const __m256 vid = _mm256_set1_ps(id);
         __m256i q[4];
         for (int k = 0; k < 4; k++) q[k] = a2_round_away(_mm256_mul_ps(v[k], vid));
-        _mm256_storeu_si256((__m256i *)(row + 32 * b), a2_pack_i32x32(q[0], q[1], q[2], q[3]));
+        const __m256i packed = a2_pack_i32x32(q[0], q[1], q[2], q[3]);
+        uint8_t *dst = row + kact_pos32(b, 0);
+        _mm_storeu_si128((__m128i *)dst, _mm256_castsi256_si128(packed));
+        _mm_storeu_si128((__m128i *)(dst + 32), _mm256_extracti128_si256(packed, 1));
         const int sum = a2_hsum_i32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
         dd[b] = qb_fp16_to_f32(qb_f32_to_fp16(d));
         sums[b] = sum;
         ss[b] = qb_fp16_to_f32(qb_f32_to_fp16((float)sum * d));
+        _mm_storeu_ps(dv + 8 * (b / 2) + 4 * (b & 1), _mm_set1_ps(dd[b]));
+        _mm_storeu_si128((__m128i *)(sv + 8 * (b / 2) + 4 * (b & 1)), _mm_set1_epi32(sum));
+    }
+    if (nb & 1) { /* the missing partner of the last block */
+        uint8_t *dst = row + kact_pos32(nb, 0);
+        _mm_storeu_si128((__m128i *)dst, _mm_setzero_si128());
+        _mm_storeu_si128((__m128i *)(dst + 32), _mm_setzero_si128());
+        _mm_storeu_ps(dv + 8 * (nb / 2) + 4, _mm_setzero_ps());
+        _mm_storeu_si128((__m128i *)(sv + 8 * (nb / 2) + 4), _mm_setzero_si128());
     }
 }
 
@@ -234,10 +248,8 @@ A2_KERNEL(a2_dot_bf16, bf16_body)
 
 /* ------------------------------------------------------------ 32-value block weights */
 
-/* Bit j of the 32-bit little-endian word at p as 0x10 in byte j, 0 elsewhere. */
-A2I __m256i a2_bits_to_0x10(const uint8_t *p) {
-    uint32_t h;
-    memcpy(&h, p, 4);
+/* Bit j of the 32-bit word h as 0x10 in byte j, 0 elsewhere. */
+A2I __m256i a2_bits_to_0x10(uint32_t h) {
     /* byte j takes byte j/8 of h, is or-ed with all bits but bit j%8, and compared to 0xff */
     __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h),
                                     _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
@@ -246,66 +258,108 @@ A2I __m256i a2_bits_to_0x10(const uint8_t *p) {
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
-/* 16 bytes of nibbles as 32 codes: low nibbles (values 0..15) then high nibbles. */
-A2I __m256i a2_nibbles(const uint8_t *qs) {
-    __m128i r = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r, 4), r), _mm256_set1_epi8(0x0F));
-}
-
-/* Codes of block i (unsigned, or Q8_0's signed values) with its scale and min. */
-A2I __m256i w32_unpack(const enum dtype T, const void *w, int64_t i, float *d, float *m) {
-    switch (T) {
-    case DTYPE_Q4_0: {
-        const blk_q4_0 *x = (const blk_q4_0 *)w + i;
-        *d = a2_h2f(x->d);
-        return a2_nibbles(x->qs);
-    }
-    case DTYPE_Q4_1: {
-        const blk_q4_1 *x = (const blk_q4_1 *)w + i;
-        *d = a2_h2f(x->d), *m = a2_h2f(x->m);
-        return a2_nibbles(x->qs);
-    }
-    case DTYPE_Q5_0: {
-        const blk_q5_0 *x = (const blk_q5_0 *)w + i;
-        *d = a2_h2f(x->d);
-        return _mm256_or_si256(a2_nibbles(x->qs), a2_bits_to_0x10(x->qh));
-    }
-    case DTYPE_Q5_1: {
-        const blk_q5_1 *x = (const blk_q5_1 *)w + i;
-        *d = a2_h2f(x->d), *m = a2_h2f(x->m);
-        return _mm256_or_si256(a2_nibbles(x->qs), a2_bits_to_0x10(x->qh));
-    }
-    default: {
-        const blk_q8_0 *x = (const blk_q8_0 *)w + i;
-        *d = a2_h2f(x->d);
-        return _mm256_loadu_si256((const __m256i *)x->qs);
-    }
-    }
+A2I uint32_t a2_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
 }
 
 struct a2_tok32 {
     const int8_t *q;
-    const float *d, *s;
-    const int32_t *sum;
+    const float *dv, *s;
+    const int32_t *sv;
 };
 
-/* One weight block against NT tokens, into accumulator set acc (and the Q4_1/Q5_1 min
- * terms into accm). */
-A2I void w32_block(const enum dtype T, const void *w, int64_t i, const struct a2_tok32 *tk, const int NT, __m256 *acc,
-                   float *accm) {
-    float dw, mw = 0.0f;
+/* The weight codes of blocks i and i+1 (B = i+1, absent when `one`) in the activation
+ * pair order: lo = A[0..15] B[0..15], hi = A[16..31] B[16..31]; unsigned except Q8_0's.
+ * dwv = dA x4, dB x4; mw = (mA, mB) for Q4_1/Q5_1. */
+A2I void w32_pair_unpack(const enum dtype T, const void *w, int64_t i, const bool one, __m256i *lo, __m256i *hi,
+                         __m256 *dwv, __m128 *mw) {
+    uint16_t dA, dB = 0, mA = 0, mB = 0;
+    const uint8_t *qa, *qb = NULL;
+    uint32_t ha = 0, hb = 0;
+    switch (T) {
+    case DTYPE_Q4_0: {
+        const blk_q4_0 *x = (const blk_q4_0 *)w + i;
+        dA = x[0].d, qa = x[0].qs;
+        if (!one) dB = x[1].d, qb = x[1].qs;
+        break;
+    }
+    case DTYPE_Q4_1: {
+        const blk_q4_1 *x = (const blk_q4_1 *)w + i;
+        dA = x[0].d, mA = x[0].m, qa = x[0].qs;
+        if (!one) dB = x[1].d, mB = x[1].m, qb = x[1].qs;
+        break;
+    }
+    case DTYPE_Q5_0: {
+        const blk_q5_0 *x = (const blk_q5_0 *)w + i;
+        dA = x[0].d, qa = x[0].qs, ha = a2_u32(x[0].qh);
+        if (!one) dB = x[1].d, qb = x[1].qs, hb = a2_u32(x[1].qh);
+        break;
+    }
+    case DTYPE_Q5_1: {
+        const blk_q5_1 *x = (const blk_q5_1 *)w + i;
+        dA = x[0].d, mA = x[0].m, qa = x[0].qs, ha = a2_u32(x[0].qh);
+        if (!one) dB = x[1].d, mB = x[1].m, qb = x[1].qs, hb = a2_u32(x[1].qh);
+        break;
+    }
+    default: {
+        const blk_q8_0 *x = (const blk_q8_0 *)w + i;
+        dA = x[0].d, qa = (const uint8_t *)x[0].qs;
+        if (!one) dB = x[1].d, qb = (const uint8_t *)x[1].qs;
+        break;
+    }
+    }
+    const __m128i z = _mm_setzero_si128();
+    if (T == DTYPE_Q8_0) {
+        *lo = _mm256_set_m128i(one ? z : _mm_loadu_si128((const __m128i *)qb), _mm_loadu_si128((const __m128i *)qa));
+        *hi = _mm256_set_m128i(one ? z : _mm_loadu_si128((const __m128i *)(qb + 16)),
+                               _mm_loadu_si128((const __m128i *)(qa + 16)));
+    } else {
+        const __m256i m4 = _mm256_set1_epi8(0x0F);
+        __m256i v = _mm256_set_m128i(one ? z : _mm_loadu_si128((const __m128i *)qb), _mm_loadu_si128((const __m128i *)qa));
+        *lo = _mm256_and_si256(v, m4);
+        *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        if (T == DTYPE_Q5_0 || T == DTYPE_Q5_1) {
+            *lo = _mm256_or_si256(*lo, a2_bits_to_0x10((ha & 0xFFFFu) | (hb << 16)));
+            *hi = _mm256_or_si256(*hi, a2_bits_to_0x10((ha >> 16) | (hb & 0xFFFF0000u)));
+        }
+    }
+    *dwv = _mm256_set_m128(_mm_set1_ps(a2_h2f(dB)), _mm_set1_ps(a2_h2f(dA)));
+    if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) *mw = _mm_setr_ps(a2_h2f(mA), a2_h2f(mB), 0.0f, 0.0f);
+}
+
+/* Blocks i, i+1 (i even) against NT tokens, into accumulators acc (and the Q4_1/Q5_1
+ * min terms m_w s_a into accm). Lanes 0..3 of the sums are block A's, 4..7 block B's. */
+A2I void w32_pair(const enum dtype T, const void *w, int64_t i, const bool one, const struct a2_tok32 *tk, const int NT,
+                  __m256 *acc, __m128 *accm) {
+    __m256i lo, hi;
+    __m256 dwv;
+    __m128 mw = _mm_setzero_ps();
+    w32_pair_unpack(T, w, i, one, &lo, &hi, &dwv, &mw);
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i wq = w32_unpack(T, w, i, &dw, &mw);
-    __m256i aw = T == DTYPE_Q8_0 ? _mm256_sign_epi8(wq, wq) : wq;
+    const __m256i alo = T == DTYPE_Q8_0 ? _mm256_sign_epi8(lo, lo) : lo;
+    const __m256i ahi = T == DTYPE_Q8_0 ? _mm256_sign_epi8(hi, hi) : hi;
     for (int k = 0; k < NT; k++) {
-        __m256i y = _mm256_loadu_si256((const __m256i *)(tk[k].q + 32 * i));
-        if (T == DTYPE_Q8_0) y = _mm256_sign_epi8(y, wq);
-        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, y), ones);
-        /* 8 lanes: subtract offset/8 * sum from each */
-        if (T == DTYPE_Q4_0) p = _mm256_sub_epi32(p, _mm256_set1_epi32(tk[k].sum[i]));
-        if (T == DTYPE_Q5_0) p = _mm256_sub_epi32(p, _mm256_set1_epi32(2 * tk[k].sum[i]));
-        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * tk[k].d[i]), _mm256_cvtepi32_ps(p), acc[k]);
-        if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) accm[k] += mw * tk[k].s[i];
+        const __m256i yl = _mm256_loadu_si256((const __m256i *)(tk[k].q + 32 * i));
+        const __m256i yh = _mm256_loadu_si256((const __m256i *)(tk[k].q + 32 * i + 32));
+        __m256i p;
+        if (T == DTYPE_Q8_0) { /* |w| x sign(a, w); pairs of up to 2*128*127 cannot be added in 16 bits */
+            p = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(alo, _mm256_sign_epi8(yl, lo)), ones),
+                                 _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(yh, hi)), ones));
+        } else {
+            p = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, yl), _mm256_maddubs_epi16(hi, yh)), ones);
+        }
+        /* 4 lanes per block: the offset 8 (Q4_0) or 16 (Q5_0) times sum, a quarter each */
+        const __m256i sv = _mm256_loadu_si256((const __m256i *)(tk[k].sv + 4 * i));
+        if (T == DTYPE_Q4_0) p = _mm256_sub_epi32(p, _mm256_slli_epi32(sv, 1));
+        if (T == DTYPE_Q5_0) p = _mm256_sub_epi32(p, _mm256_slli_epi32(sv, 2));
+        const __m256 sc = _mm256_mul_ps(dwv, _mm256_loadu_ps(tk[k].dv + 4 * i));
+        acc[k] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[k]);
+        if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) {
+            const __m128 s2 = one ? _mm_load_ss(tk[k].s + i) : _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(tk[k].s + i)));
+            accm[k] = _mm_fmadd_ps(mw, s2, accm[k]);
+        }
     }
 }
 
@@ -313,20 +367,28 @@ A2I void w32_body(const enum dtype T, const void *w, int64_t n, const struct kac
                   float *out) {
     struct a2_tok32 tk[KDOT_NT];
     __m256 acc0[KDOT_NT], acc1[KDOT_NT];
-    float accm[KDOT_NT];
+    __m128 accm[KDOT_NT];
     for (int k = 0; k < NT; k++) {
-        tk[k] = (struct a2_tok32){kact_qs(a, t0 + k), kact_d(a, t0 + k), kact_s(a, t0 + k), kact_sum(a, t0 + k)};
+        tk[k] = (struct a2_tok32){kact_qs(a, t0 + k), kact_dv(a, t0 + k), kact_s(a, t0 + k), kact_sv(a, t0 + k)};
         acc0[k] = acc1[k] = _mm256_setzero_ps();
-        accm[k] = 0.0f;
+        accm[k] = _mm_setzero_ps();
     }
     const int64_t nb = n / 32;
     int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        w32_block(T, w, i, tk, NT, acc0, accm);
-        w32_block(T, w, i + 1, tk, NT, acc1, accm);
+    for (; i + 4 <= nb; i += 4) { /* two pairs into two accumulators: independent FMA chains */
+        w32_pair(T, w, i, false, tk, NT, acc0, accm);
+        w32_pair(T, w, i + 2, false, tk, NT, acc1, accm);
     }
-    if (i < nb) w32_block(T, w, i, tk, NT, acc0, accm);
-    for (int k = 0; k < NT; k++) out[k] = a2_hsum(_mm256_add_ps(acc0[k], acc1[k])) + accm[k];
+    if (i + 2 <= nb) {
+        w32_pair(T, w, i, false, tk, NT, acc0, accm);
+        i += 2;
+    }
+    if (i < nb) w32_pair(T, w, i, true, tk, NT, acc1, accm);
+    for (int k = 0; k < NT; k++) {
+        float m = 0.0f;
+        if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) m = _mm_cvtss_f32(_mm_add_ss(accm[k], _mm_movehdup_ps(accm[k])));
+        out[k] = a2_hsum(_mm256_add_ps(acc0[k], acc1[k])) + m;
+    }
 }
 
 #define A2_W32(T, name)                                                                                 \
@@ -417,8 +479,8 @@ A2I void q45k_body(const bool five, const void *w, int64_t n, const struct kact_
             scales = x->scales, qs = x->qs, d = a2_h2f(x->d), dmin = a2_h2f(x->dmin);
         }
         const __m128i sm = a2_k4_scales(scales);
-        uint8_t sc[16];
-        _mm_storeu_si128((__m128i *)sc, sm);
+        /* the 8 scales as s16 in both halves; sub-block j's is broadcast by one shuffle */
+        const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
         const __m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
         __m256i iacc[KDOT_NT];
         for (int k = 0; k < NT; k++) iacc[k] = _mm256_setzero_si256();
@@ -431,8 +493,10 @@ A2I void q45k_body(const bool five, const void *w, int64_t n, const struct kact_
                 hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hbits, 3), m10));
                 hbits = _mm256_srli_epi16(hbits, 2);
             }
-            k_chunk(lo, _mm256_set1_epi16(sc[2 * p]), i, 2 * p, tk, NT, iacc);
-            k_chunk(hi, _mm256_set1_epi16(sc[2 * p + 1]), i, 2 * p + 1, tk, NT, iacc);
+            const __m256i slo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * p + 1) << 8 | 4 * p)));
+            const __m256i shi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * p + 3) << 8 | (4 * p + 2))));
+            k_chunk(lo, slo, i, 2 * p, tk, NT, iacc);
+            k_chunk(hi, shi, i, 2 * p + 1, tk, NT, iacc);
         }
         k_finish(NT, tk, i, d, iacc, acc);
         for (int k = 0; k < NT; k++) {

@@ -25,9 +25,10 @@ static inline int sd_nearest_int(float v) {
 
 static void act_q8_32(const float *x, int64_t n, uint8_t *row, const struct kact_rows *lay) {
     int8_t *qs = (int8_t *)row;
-    float *dd = (float *)(row + lay->off_d), *ss = (float *)(row + lay->off_s);
-    int32_t *sums = (int32_t *)(row + lay->off_sum);
-    for (int64_t b = 0; b < n / 32; b++) {
+    float *dd = (float *)(row + lay->off_d), *ss = (float *)(row + lay->off_s), *dv = (float *)(row + lay->off_dv);
+    int32_t *sums = (int32_t *)(row + lay->off_sum), *sv = (int32_t *)(row + lay->off_sv);
+    const int64_t nb = n / 32;
+    for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + 32 * b;
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) amax = TP_MAX(amax, fabsf(xb[j]));
@@ -36,12 +37,17 @@ static void act_q8_32(const float *x, int64_t n, uint8_t *row, const struct kact
         int sum = 0;
         for (int j = 0; j < 32; j++) {
             int q = (int)roundf(xb[j] * id);
-            qs[32 * b + j] = (int8_t)q;
+            qs[kact_pos32(b, j)] = (int8_t)q;
             sum += q;
         }
         dd[b] = qb_fp16_to_f32(qb_f32_to_fp16(d));
         sums[b] = sum;
         ss[b] = qb_fp16_to_f32(qb_f32_to_fp16((float)sum * d));
+        for (int k = 0; k < 4; k++) dv[8 * (b / 2) + 4 * (b & 1) + k] = dd[b], sv[8 * (b / 2) + 4 * (b & 1) + k] = sum;
+    }
+    if (nb & 1) { /* the missing partner of the last block */
+        for (int j = 0; j < 32; j++) qs[kact_pos32(nb, j)] = 0;
+        for (int k = 0; k < 4; k++) dv[8 * (nb / 2) + 4 + k] = 0.0f, sv[8 * (nb / 2) + 4 + k] = 0;
     }
 }
 
@@ -179,9 +185,9 @@ static inline void dot_w32(enum dtype t, const void *w, int64_t n, const struct 
         float dw, mw;
         w32_decode(t, w, i, q, &dw, &mw);
         for (int k = 0; k < nt; k++) {
-            const int8_t *y = kact_qs(a, t0 + k) + 32 * i;
+            const int8_t *y = kact_qs(a, t0 + k);
             int sumi = 0;
-            for (int j = 0; j < 32; j++) sumi += q[j] * y[j];
+            for (int j = 0; j < 32; j++) sumi += q[j] * y[kact_pos32(i, j)];
             acc[k] += dw * kact_d(a, t0 + k)[i] * (float)sumi;
             if (has_min) accm[k] += mw * kact_s(a, t0 + k)[i];
         }

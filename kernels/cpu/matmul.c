@@ -62,14 +62,16 @@ enum kact_fmt kact_fmt_of(enum dtype weight) {
 
 size_t kact_layout(enum kact_fmt f, int64_t n, struct kact_rows *r) {
     size_t un = (size_t)(n > 0 ? n : 0), a = 64;
-    r->off_d = r->off_sum = r->off_s = 0;
+    r->off_d = r->off_sum = r->off_s = r->off_dv = r->off_sv = 0;
     switch (f) {
     case KACT_F32: return TP_ALIGN_UP(un * 4, a);
     case KACT_F16:
     case KACT_BF16: return TP_ALIGN_UP(un * 2, a);
     case KACT_Q8_32: {
-        size_t nb = un / 32;
-        r->off_d = TP_ALIGN_UP(un, a);
+        size_t nb = un / 32, np = (nb + 1) / 2;
+        r->off_dv = TP_ALIGN_UP(np * 64, a);
+        r->off_sv = r->off_dv + np * 32;
+        r->off_d = TP_ALIGN_UP(r->off_sv + np * 32, a);
         r->off_sum = r->off_d + TP_ALIGN_UP(nb * 4, a);
         r->off_s = r->off_sum + TP_ALIGN_UP(nb * 4, a);
         return r->off_s + TP_ALIGN_UP(nb * 4, a);
@@ -84,12 +86,12 @@ size_t kact_layout(enum kact_fmt f, int64_t n, struct kact_rows *r) {
     return 0;
 }
 
-/* Scratch for max_tokens rows of the widest format (F16/BF16: 2 bytes per value; the
- * int8 formats need at most 1.5). 0 when either bound is 0 (cpu_matmul then allocates). */
+/* Scratch for max_tokens rows of the widest format (F16/BF16 and Q8_32: about 2 bytes
+ * per value). 0 when either bound is 0 (cpu_matmul then allocates). */
 size_t cpu_matmul_scratch_bytes(const struct kbackend_opts *o) {
     if (!o || o->max_tokens <= 0 || o->max_in <= 0) return 0;
     struct kact_rows r;
-    size_t row = TP_MAX(kact_layout(KACT_F16, o->max_in, &r), kact_layout(KACT_Q8_32, o->max_in, &r));
+    size_t row = TP_MAX(kact_layout(KACT_F16, o->max_in, &r), kact_layout(KACT_Q8_32, TP_ALIGN_UP(o->max_in, 32), &r));
     row = TP_MAX(row, kact_layout(KACT_Q8_K, TP_ALIGN_UP(o->max_in, 256), &r));
     size_t total;
     if (!tp_mul_size(row, (size_t)o->max_tokens, &total)) return SIZE_MAX;

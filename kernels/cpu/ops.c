@@ -13,6 +13,8 @@
  *             (the sigmoid form is the same function without the cancellation of 1 + tanh). */
 #include "vec.h"
 
+#include "../quant.h"
+
 #include <math.h>
 
 /* ---- rmsnorm ---- */
@@ -197,12 +199,20 @@ struct act_ctx {
 #define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
 
+/* GELU as llama.cpp's CPU backend computes it (GGML_GELU_FP16): the input rounded to f16,
+ * the tanh form evaluated in float, the result rounded to f16; identity above 10, zero
+ * below -10. Matching this keeps Gemma's logits within float noise of llama.cpp's. */
+static inline float gelu_ggml(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    float f = fp16_to_f32(f32_to_fp16(x));
+    float y = 0.5f * f * (1.0f + tanhf(GELU_C * f * (1.0f + GELU_A * f * f)));
+    return fp16_to_f32(f32_to_fp16(y));
+}
+
 static void act_scalar(float *out, const float *g, const float *u, int64_t lo, int64_t hi, enum act_kind act) {
     if (act == ACT_GELU_TANH) {
-        for (int64_t i = lo; i < hi; i++) {
-            float y = GELU_C * g[i] * (1.0f + GELU_A * g[i] * g[i]);
-            out[i] = g[i] / (1.0f + expf(-2.0f * y)) * u[i];
-        }
+        for (int64_t i = lo; i < hi; i++) out[i] = gelu_ggml(g[i]) * u[i];
     } else {
         for (int64_t i = lo; i < hi; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
@@ -214,14 +224,8 @@ static CPU_AVX2 void act_avx2(float *out, const float *g, const float *u, int64_
     const __m256 one = _mm256_set1_ps(1.0f);
     int64_t i = lo;
     if (act == ACT_GELU_TANH) {
-        const __m256 k = _mm256_set1_ps(-2.0f * GELU_C), a = _mm256_set1_ps(GELU_A);
-        for (; i + 8 <= hi; i += 8) {
-            __m256 vg = _mm256_loadu_ps(g + i);
-            __m256 inner = _mm256_fmadd_ps(_mm256_mul_ps(a, vg), vg, one); /* 1 + A g^2 */
-            __m256 e = cpu_exp256(_mm256_mul_ps(_mm256_mul_ps(k, vg), inner));
-            __m256 r = _mm256_div_ps(vg, _mm256_add_ps(one, e));
-            _mm256_storeu_ps(out + i, _mm256_mul_ps(r, _mm256_loadu_ps(u + i)));
-        }
+        act_scalar(out, g, u, lo, hi, act); /* f16-rounded GELU: scalar (llama.cpp uses a table) */
+        return;
     } else {
         const __m256 neg = _mm256_set1_ps(-0.0f);
         for (; i + 8 <= hi; i += 8) {

@@ -23,24 +23,35 @@ enum kact_fmt {
     KACT_F32 = 0, /* the caller's x itself */
     KACT_F16,     /* u16 h[n] */
     KACT_BF16,    /* u16 h[n] */
-    KACT_Q8_32,   /* i8 qs[n] | f32 d[n/32] | i32 sum[n/32] | f32 s[n/32] */
+    KACT_Q8_32,   /* Q8_0 / Q8_1 values, block pairs interleaved (below) */
     KACT_Q8_K,    /* i8 qs[n] | f32 d[n/256] | i16 bsums[n/16] */
 };
 
 /* Activation rows of one matmul call: token t's row starts at base + t * stride; inside a
  * row each section starts at a 64-byte boundary at the offsets below (0 where unused).
- * d is the block scale as a float (for Q8_32 the fp16-rounded value ggml stores), sum the
- * block's integer sum of qs, s the Q8_1 sum field fp16(d_unrounded * sum) as a float. */
+ *
+ * KACT_Q8_32 rows hold the values of blocks 2p and 2p+1 (A, B) interleaved in 64 bytes,
+ *   qs[64p ..] = A[0..15] B[0..15] A[16..31] B[16..31]   (B zero past the last block),
+ * so that the low and high nibbles of two weight blocks side by side in one register meet
+ * their activations with plain loads. Per pair, pre-broadcast for the SIMD kernels:
+ *   dv[8p ..] = dA dA dA dA dB dB dB dB (f32)    sv[8p ..] = sA x4, sB x4 (i32)
+ * and per block: d (f32, the fp16-rounded scale ggml stores), sum (i32, sum of the
+ * block's values), s (f32, the Q8_1 sum field fp16(d_unrounded * sum)). */
 struct kact_rows {
     const uint8_t *base;
     size_t stride;
-    size_t off_d, off_sum, off_s;
+    size_t off_d, off_sum, off_s, off_dv, off_sv;
 };
 
 /* Bytes of one activation row of n values, and the section offsets (kact_layout fills
  * off_* of r and returns the row size, a multiple of 64). */
 size_t kact_layout(enum kact_fmt f, int64_t n, struct kact_rows *r);
 enum kact_fmt kact_fmt_of(enum dtype weight);
+
+/* Position in a KACT_Q8_32 row of value j (0..31) of block b. */
+static inline size_t kact_pos32(int64_t b, int j) {
+    return (size_t)(b / 2) * 64 + (size_t)(b & 1) * 16 + (size_t)(j & 15) + (size_t)(j >> 4) * 32;
+}
 
 static inline const int8_t *kact_qs(const struct kact_rows *a, int64_t t) {
     return (const int8_t *)(a->base + (size_t)t * a->stride);
@@ -56,6 +67,12 @@ static inline const int16_t *kact_bsums(const struct kact_rows *a, int64_t t) {
 }
 static inline const float *kact_s(const struct kact_rows *a, int64_t t) {
     return (const float *)(a->base + (size_t)t * a->stride + a->off_s);
+}
+static inline const float *kact_dv(const struct kact_rows *a, int64_t t) {
+    return (const float *)(a->base + (size_t)t * a->stride + a->off_dv);
+}
+static inline const int32_t *kact_sv(const struct kact_rows *a, int64_t t) {
+    return (const int32_t *)(a->base + (size_t)t * a->stride + a->off_sv);
 }
 
 /* Quantizes x[0..n) into one activation row at `row` (laid out as kact_layout says).

@@ -159,9 +159,20 @@ void op_destroy(struct kbackend *b) {
     free(b);
 }
 
+/* "cuda: NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB), device 0, runtime 13.0, driver 13.0, cuBLAS 130000" */
+void op_describe(const struct kbackend *b, char *buf, size_t n) {
+    if (!buf || n == 0) return;
+    const cuda_backend *cb = cuda_of(b);
+    snprintf(buf, n, "cuda: %s (sm_%d%d, %d SMs, %.1f GiB), device %d, runtime %d.%d, driver %d.%d, cuBLAS %d",
+             cb->dev_name, cb->cc_major, cb->cc_minor, cb->n_sm, (double)cb->total_mem / (1 << 30), cb->device,
+             cb->runtime_version / 1000, cb->runtime_version % 1000 / 10, cb->driver_version / 1000,
+             cb->driver_version % 1000 / 10, cb->cublas_version);
+}
+
 const struct kops cuda_ops = {
     .name = "cuda",
     .destroy = op_destroy,
+    .describe = op_describe,
     .alloc = op_alloc,
     .free = op_free,
     .upload = op_upload,
@@ -257,21 +268,6 @@ int kbackend_cuda_create(struct kbackend **out, const struct kbackend_opts *o, t
 }
 
 bool kbackend_cuda_compiled(void) { return true; }
-
-/* "cuda: NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB), runtime 13.0, driver 13.0, cuBLAS 130000"
- * for a CUDA backend; for any other backend, its table name. */
-extern "C" void kbackend_cuda_describe(const struct kbackend *b, char *buf, size_t n) {
-    if (!buf || n == 0) return;
-    if (!b || b->ops != &cuda_ops) {
-        snprintf(buf, n, "%s", b ? b->ops->name : "none");
-        return;
-    }
-    const cuda_backend *cb = cuda_of(b);
-    snprintf(buf, n, "cuda: %s (sm_%d%d, %d SMs, %.1f GiB), device %d, runtime %d.%d, driver %d.%d, cuBLAS %d",
-             cb->dev_name, cb->cc_major, cb->cc_minor, cb->n_sm, (double)cb->total_mem / (1 << 30), cb->device,
-             cb->runtime_version / 1000, cb->runtime_version % 1000 / 10, cb->driver_version / 1000,
-             cb->driver_version % 1000 / 10, cb->cublas_version);
-}
 
 /* The first failure recorded inside an op of a CUDA backend (ops return void), plus any
  * asynchronous kernel error now pending on its stream. Returns 0 when none (and for a

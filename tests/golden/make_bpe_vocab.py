@@ -135,6 +135,13 @@ def make_bpe(texts):
         if a + b not in seen:
             seen.add(a + b)
             tokens.append(a + b)
+    # Whole words the merges do not build: only pre-tokenizers with ignore_merges (llama3)
+    # emit them as one token.
+    for word in (" supercalifragilisticexpialidocious", " Ishmael", " Universe", "HELLO"):
+        enc = "".join(b2u[b] for b in word.encode("utf-8"))
+        if enc not in seen:
+            seen.add(enc)
+            tokens.append(enc)
     types = [NORMAL] * len(tokens)
     specials = [("<|endoftext|>", CONTROL), ("<|im_start|>", CONTROL), ("<|im_end|>", CONTROL),
                 ("<|begin_of_text|>", CONTROL), ("<|eot_id|>", CONTROL), ("<tool_call>", USER_DEFINED),

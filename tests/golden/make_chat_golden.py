@@ -110,7 +110,8 @@ CONVERSATIONS = [
     ("unicode", [{"role": "system", "content": "Réponds en français, s'il te plaît. ☕"},
                  {"role": "user", "content": "\u3000\u00a0Überprüfe: 東京は日本の首都ですか？ 🤔\u2003\n"},
                  {"role": "assistant", "content": "\u2028Да, это так — 是的。\u200b"},
-                 {"role": "user", "content": "\t\u0085emoji 👩‍💻 and \"quotes\" and 'apostrophes' {{ braces }}\u202f"}],
+                 {"role": "user",
+                  "content": "\t\u0085emoji 👩‍💻 and \"quotes\" and 'apostrophes' {{ braces }}\u202f"}],
      True),
     ("system only", [{"role": "system", "content": "You are a helpful assistant."}], True),
     ("empty content", [{"role": "user", "content": ""}], True),
@@ -133,7 +134,8 @@ def gemma_template():
         note = f"{os.path.basename(path)} has no tokenizer.chat_template (pretrained model); "
     else:
         note = f"{path} not found; "
-    return GEMMA3_PUBLISHED, note + "published Gemma 3 instruction-tuned template (google/gemma-3-*-it tokenizer_config.json)"
+    return GEMMA3_PUBLISHED, (note + "published Gemma 3 instruction-tuned template "
+                              "(google/gemma-3-*-it tokenizer_config.json)")
 
 
 def render(template, messages, add_generation_prompt, bos_token, eos_token):

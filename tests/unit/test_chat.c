@@ -167,7 +167,8 @@ Test(chat, reads_the_default_system_prompt_of_chatml_templates) {
         "{{- messages[0]['content'] }}{%- else %}{{- 'You are Qwen, created by Alibaba Cloud. You are a helpful "
         "assistant.' }}{%- endif %}{%- else %}{%- if messages[0]['role'] == 'system' %}"
         "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}"
-        "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+        "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' "
+        "}}"
         "{%- endif %}{%- endif %}";
     struct chat_template ct;
     cr_assert_eq(chat_detect(qwen25, strlen(qwen25), &ct, NULL), 0);

@@ -416,13 +416,13 @@ Test(sampler, mass_proofs_extend_the_certified_prefix_but_never_past_a_missing_t
     cr_assert_eq(k, 19);
 
     /* Rank 0 has 16 strong tokens and a 17th (unseen: not in its 16) at 5% of the best, ~0.3%
-     * of the mass; the other ranks send weak tokens (0.25% of the best). min_p = 0.01 keeps the
+     * of the mass; the other ranks send weak tokens (0.8% of the best). min_p = 0.01 keeps the
      * unseen token, so the candidates cannot decide: refuse, although its mass is small. */
     for (int64_t i = 0; i < V; i++) x[i] = -10.0f + 0.1f * tu_normal(&rng);
     for (int i = 0; i < 16; i++) x[11 * i] = 4.0f + 0.01f * tu_normal(&rng);
     x[11 * 16] = 4.0f + logf(0.05f);
     for (int r = 1; r < R; r++)
-        for (int i = 0; i < 16; i++) x[r * 1000 + i] = -2.0f + 0.01f * tu_normal(&rng);
+        for (int i = 0; i < 16; i++) x[r * 1000 + i] = 4.0f + logf(0.008f) + 0.01f * tu_normal(&rng);
     p = params(1.0f, 0, 1.0f, 0.01f, 1);
     merge_hand_made(x, R, &p, ids, vals, &n, &lse);
     cr_assert_eq(sampler_dist(&p, ids, vals, n, lse, false, &k, q, NULL), 1, "token 17 of rank 0 is unseen");
@@ -448,9 +448,10 @@ Test(sampler, incomplete_lists_are_either_exact_or_refused) {
     for (int trial = 0; trial < 300; trial++) {
         random_logits(&rng, x, V, tu_uniform(&rng, 0.2f, 5.0f));
         if (trial % 3 == 0) /* ascending logits: the last rank owns the whole top */
-            for (int64_t i = 0; i < V; i++) x[i] = (float)i * tu_uniform(&rng, 0.0005f, 0.01f) + 0.01f * tu_normal(&rng);
-        struct sampler_params p = params(1.0f, (trial % 4 == 0) ? 30 : 0, tu_uniform(&rng, 0.3f, 1.0f),
-                                         (trial % 5 == 0) ? 0.02f : 0.0f, 1);
+            for (int64_t i = 0; i < V; i++)
+                x[i] = (float)i * tu_uniform(&rng, 0.0005f, 0.01f) + 0.01f * tu_normal(&rng);
+        struct sampler_params p =
+            params(1.0f, (trial % 4 == 0) ? 30 : 0, tu_uniform(&rng, 0.3f, 1.0f), (trial % 5 == 0) ? 0.02f : 0.0f, 1);
         p.n_cand = 16;
         int R = 1 + trial % 4;
         struct ranks r;
@@ -628,12 +629,17 @@ Test(sampler, invalid_parameters_are_rejected_naming_the_field_and_range) {
     cr_assert_eq(sampler_n_cand(&p), 100);
 
     const struct bad_case cases[] = {
-        {"temperature", "--temp", bad_temp},         {"temperature", "--temp", bad_temp_nan},
-        {"top_k", "--top-k", bad_top_k},             {"top_p", "--top-p", bad_top_p},
-        {"top_p", "--top-p", bad_top_p0},            {"min_p", "--min-p", bad_min_p},
-        {"repeat_penalty", "--repeat-penalty", bad_repeat}, {"repeat_last_n", "--repeat-last-n", bad_last_n},
+        {"temperature", "--temp", bad_temp},
+        {"temperature", "--temp", bad_temp_nan},
+        {"top_k", "--top-k", bad_top_k},
+        {"top_p", "--top-p", bad_top_p},
+        {"top_p", "--top-p", bad_top_p0},
+        {"min_p", "--min-p", bad_min_p},
+        {"repeat_penalty", "--repeat-penalty", bad_repeat},
+        {"repeat_last_n", "--repeat-last-n", bad_last_n},
         {"presence_penalty", "--presence-penalty", bad_presence},
-        {"frequency_penalty", "--frequency-penalty", bad_frequency}, {"n_cand", "candidates", bad_n_cand},
+        {"frequency_penalty", "--frequency-penalty", bad_frequency},
+        {"n_cand", "candidates", bad_n_cand},
     };
     for (size_t i = 0; i < TP_ARRAY_LEN(cases); i++) {
         sampler_params_default(&p);

@@ -1,0 +1,785 @@
+/* test_cuda_ops.c - every CUDA op against the CPU backend's op (the reference, itself tested
+ * against double precision and gguf in test_matmul.c / test_cpu_ops.c) on fresh random
+ * inputs, for every weight type. Label gpu: without a CUDA build or device it prints
+ * "skipped: no CUDA device" and exits 77 before Criterion starts.
+ *
+ * Tolerances, and why they are what they are:
+ *  - matmul, decode path (n_tok <= 8) and float weights: the GPU quantizes activations to
+ *    the same bytes as the CPU (same reference rounding, IEEE intrinsics) and forms the
+ *    same integer block sums; only the float scaling and summation order differ. Each side
+ *    is within (n_in/16 + 32) 2^-23 S of the exact value (test_matmul.c's bound, S =
+ *    sum_i (|w_i| + |min term_i|) |a_i|, a = the quantized activations), so
+ *    |gpu - cpu| <= (n_in/8 + 64) 2^-23 S. A single wrong element moves the result by
+ *    about S / n_in, far above this.
+ *  - matmul, cuBLAS path (n_tok > 8): quantized weights and the q8 activations are
+ *    rounded to f16 (error <= 2^-11 (|v| + 2^-14) each, subnormals included), products
+ *    are exact in f32 and summed in f32: add 2^-10 1.01 sum_i (|w_i| + 2^-14)(|a_i| + 2^-14)
+ *    and n_in 2^-24 S; for Q4_1/Q5_1 also sum_b |m_w| |s_a - d_a sum q_a| (the CPU uses
+ *    Q8_1's fp16 block sum s_a, cuBLAS the f16 activations themselves). F16/BF16/F32 weights stay exact there (same activation rounding as
+ *    the CPU), so only the summation term is added.
+ *  - get_rows, kv_store, add, scale, add_bias: bit-identical.
+ *  - rmsnorm: the double sum of squares in another order can move the float mean by an
+ *    ulp: relative 2^-21.
+ *  - rope: the angle sequence is the same float arithmetic; cos/sin are correctly rounded
+ *    on the GPU and within 1 ulp on the CPU: |diff| <= 2^-20 (|x0| + |x1|) per pair.
+ *  - gated_act: e^x is correctly rounded on the GPU, within 2 ulp on the CPU (AVX2):
+ *    relative 2^-19.
+ *  - attention: scores summed in another order differ by <= hd 2^-23 sum|q k| scale, which
+ *    moves the softmax weights by that relative amount: |diff| <= max|V| (2^-22 hd smax +
+ *    2^-18), smax = scale * max_j sum_i |q_i k_ji|.
+ *  - topk: indices and values identical; lse within 2^-20 relative (double sums of
+ *    e^(x-m) in another order, float exps within 2 ulp on the CPU). */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifdef TPLLM_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+#include "kernels/kernels.h"
+#include "kernels/quant.h"
+#include "testutil.h"
+
+/* Defined by the CUDA backend (and its stub); not yet declared in kernels.h. */
+int kbackend_cuda_status(struct kbackend *b, tp_err *e);
+
+enum { MAX_TOK = 32, MAX_IN = 4096 };
+
+static const enum dtype wtypes[] = {
+    DTYPE_F32,  DTYPE_F16,  DTYPE_BF16, DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0, DTYPE_Q5_1,
+    DTYPE_Q8_0, DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K, DTYPE_Q6_K,
+};
+
+/* ------------------------------------------------------------------ helpers */
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    cr_assert_not_null(p);
+    return p;
+}
+
+static tu_rng rng_new(void) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    return r;
+}
+
+static struct kbackend_opts test_opts(void) {
+    return (struct kbackend_opts){.n_threads = 2, .max_tokens = MAX_TOK, .max_in = MAX_IN, .max_ctx = 256,
+                                  .max_heads = 16, .simd = -1, .device = 0};
+}
+
+static struct kbackend *gpu_new(void) {
+    struct kbackend_opts o = test_opts();
+    struct kbackend *b = NULL;
+    tp_err e = {0};
+    cr_assert_eq(kbackend_cuda_create(&b, &o, &e), 0, "cuda create: %s", e.msg);
+    return b;
+}
+
+static struct kbackend *cpu_new(void) {
+    struct kbackend_opts o = test_opts();
+    struct kbackend *b = NULL;
+    tp_err e = {0};
+    cr_assert_eq(kbackend_cpu_create(&b, &o, &e), 0, "cpu create: %s", e.msg);
+    return b;
+}
+
+/* Fails the test if an op of g recorded an error. */
+static void gpu_ok(struct kbackend *g, const char *what) {
+    tp_err e = {0};
+    g->ops->sync(g);
+    cr_assert_eq(kbackend_cuda_status(g, &e), 0, "%s: %s", what, e.msg);
+}
+
+static void *dev_copy(struct kbackend *g, const void *host, size_t bytes) {
+    void *d = g->ops->alloc(g, bytes);
+    cr_assert_not_null(d, "device alloc of %zu bytes", bytes);
+    if (bytes) g->ops->upload(g, d, host, bytes);
+    return d;
+}
+
+static void dev_get(struct kbackend *g, void *host, const void *dev, size_t bytes) {
+    g->ops->download(g, host, dev, bytes);
+    gpu_ok(g, "download");
+}
+
+static float *rand_floats(tu_rng *r, size_t n, float lo, float hi) {
+    float *x = xmalloc(n * sizeof(float));
+    tu_fill_uniform(r, x, n, lo, hi);
+    return x;
+}
+
+/* ------------------------------------------------------------------ weights */
+
+struct wmat {
+    uint8_t *buf; /* host rows of before + n_in + after values */
+    size_t bytes;
+    struct kmat m; /* the middle column slice, host memory */
+    float *deq;    /* [n_out][n_in] dequantized slice */
+    float *mag;    /* [n_out][n_in] |w| + |min term| */
+};
+
+/* Offsets of a block's fp16 scale fields (-1: none) and its quant-code bytes [q0, q1)
+ * for the types whose min term is a separate float (zeroing the codes leaves it). */
+static void block_fields(enum dtype t, int *h0, int *h1, int *q0, int *q1) {
+    *h0 = *h1 = -1;
+    *q0 = *q1 = 0;
+    switch (t) {
+    case DTYPE_Q4_0: case DTYPE_Q5_0: case DTYPE_Q8_0: *h0 = 0; break;
+    case DTYPE_Q4_1: *h0 = 0, *h1 = 2, *q0 = 4, *q1 = 20; break;
+    case DTYPE_Q5_1: *h0 = 0, *h1 = 2, *q0 = 4, *q1 = 24; break;
+    case DTYPE_Q2_K: *h0 = 80, *h1 = 82, *q0 = 16, *q1 = 80; break;
+    case DTYPE_Q3_K: *h0 = 108; break;
+    case DTYPE_Q4_K: *h0 = 0, *h1 = 2, *q0 = 16, *q1 = 144; break;
+    case DTYPE_Q5_K: *h0 = 0, *h1 = 2, *q0 = 16, *q1 = 176; break;
+    case DTYPE_Q6_K: *h0 = 208; break;
+    default: break;
+    }
+}
+
+static bool is_float_type(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
+
+/* Block types: uniformly random code bytes and random fp16 scales of both signs (every
+ * code, every scale byte, Q8_0's -128); float types: quantized uniform values. */
+static void wmat_make(struct wmat *w, tu_rng *r, enum dtype t, int64_t n_out, int64_t n_in, int64_t before,
+                      int64_t after) {
+    const int64_t full = before + n_in + after;
+    const size_t row = dtype_row_bytes(t, full), ts = dtype_get(t)->type_size;
+    w->bytes = row * (size_t)n_out;
+    w->buf = xmalloc(w->bytes);
+    int h0, h1, q0, q1;
+    block_fields(t, &h0, &h1, &q0, &q1);
+    float *x = xmalloc((size_t)full * sizeof *x);
+    for (int64_t o = 0; o < n_out; o++) {
+        uint8_t *dst = w->buf + (size_t)o * row;
+        if (!is_float_type(t)) {
+            for (size_t i = 0; i < row; i++) dst[i] = (uint8_t)tu_next(r);
+            for (size_t b = 0; b < row / ts; b++) {
+                const int offs[2] = {h0, h1};
+                for (int k = 0; k < 2; k++) {
+                    if (offs[k] < 0) continue;
+                    float v = powf(10.0f, tu_uniform(r, -3.0f, 0.0f)) * ((tu_next(r) & 1) ? 1.0f : -1.0f);
+                    uint16_t h = f32_to_fp16(v);
+                    memcpy(dst + b * ts + (size_t)offs[k], &h, 2);
+                }
+            }
+        } else {
+            tu_fill_uniform(r, x, (size_t)full, -1.0f, 1.0f);
+            cr_assert_eq(quant_quantize_row(t, x, dst, full), row, "%s: quantize", dtype_name(t));
+        }
+    }
+    const size_t off = dtype_row_bytes(t, before);
+    w->m = (struct kmat){.data = w->buf + off, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = row};
+    w->deq = xmalloc((size_t)(n_out * n_in) * sizeof(float));
+    w->mag = xmalloc((size_t)(n_out * n_in) * sizeof(float));
+    uint8_t *tmp = xmalloc(row);
+    float *mt = xmalloc((size_t)n_in * sizeof *mt);
+    for (int64_t o = 0; o < n_out; o++) {
+        const uint8_t *src = w->buf + (size_t)o * row + off;
+        quant_dequantize_row(t, src, w->deq + o * n_in, n_in);
+        for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] = fabsf(w->deq[o * n_in + i]);
+        if (q1 > q0) {
+            const size_t nbytes = dtype_row_bytes(t, n_in);
+            memcpy(tmp, src, nbytes);
+            for (size_t b = 0; b < nbytes / ts; b++) memset(tmp + b * ts + q0, 0, (size_t)(q1 - q0));
+            quant_dequantize_row(t, tmp, mt, n_in);
+            for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] += fabsf(mt[i]);
+        }
+    }
+    free(mt);
+    free(tmp);
+    free(x);
+}
+
+static void wmat_free(struct wmat *w) {
+    free(w->buf);
+    free(w->deq);
+    free(w->mag);
+}
+
+static enum dtype vec_dot_type(enum dtype t) {
+    switch (t) {
+    case DTYPE_F32: return DTYPE_F32;
+    case DTYPE_F16: return DTYPE_F16;
+    case DTYPE_BF16: return DTYPE_BF16;
+    case DTYPE_Q4_1: case DTYPE_Q5_1: return DTYPE_Q8_1;
+    case DTYPE_Q4_0: case DTYPE_Q5_0: case DTYPE_Q8_0: return DTYPE_Q8_0;
+    default: return DTYPE_Q8_K;
+    }
+}
+
+/* One matmul of a random (sliced) weight on both backends, checked with the bounds above. */
+static void check_matmul(struct kbackend *g, struct kbackend *c, tu_rng *r, enum dtype t, int64_t n_out,
+                         int64_t n_in, int64_t before, int64_t after, int64_t n_tok) {
+    struct wmat w;
+    wmat_make(&w, r, t, n_out, n_in, before, after);
+    float *x = rand_floats(r, (size_t)(n_tok * n_in), -2.0f, 2.0f);
+    float *yc = xmalloc((size_t)(n_tok * n_out) * sizeof(float)), *yg = xmalloc((size_t)(n_tok * n_out) * sizeof(float));
+    c->ops->matmul(c, yc, &w.m, x, n_tok);
+
+    uint8_t *dw = dev_copy(g, w.buf, w.bytes);
+    float *dx = dev_copy(g, x, (size_t)(n_tok * n_in) * sizeof(float));
+    float *dy = g->ops->alloc(g, (size_t)(n_tok * n_out) * sizeof(float));
+    struct kmat mg = w.m;
+    mg.data = dw + ((const uint8_t *)w.m.data - w.buf);
+    g->ops->matmul(g, dy, &mg, dx, n_tok);
+    gpu_ok(g, dtype_name(t));
+    dev_get(g, yg, dy, (size_t)(n_tok * n_out) * sizeof(float));
+
+    const enum dtype vt = vec_dot_type(t);
+    const bool gemm = n_tok > 8, quant = !is_float_type(t);
+    uint8_t *aq = xmalloc(dtype_row_bytes(vt, n_in) + 64);
+    float *a = xmalloc((size_t)n_in * sizeof *a);
+    for (int64_t tk = 0; tk < n_tok; tk++) {
+        quant_quantize_row(vt, x + tk * n_in, aq, n_in);
+        quant_dequantize_row(vt, aq, a, n_in);
+        for (int64_t o = 0; o < n_out; o++) {
+            double s = 0, gsum = 0, q81 = 0;
+            for (int64_t i = 0; i < n_in; i++) {
+                s += (double)w.mag[o * n_in + i] * fabs((double)a[i]);
+                gsum += (fabs((double)w.deq[o * n_in + i]) + 0x1p-14) * (fabs((double)a[i]) + 0x1p-14);
+            }
+            if (vt == DTYPE_Q8_1) {
+                /* the CPU uses Q8_1's fp16 block sum s_a where cuBLAS sees d_a sum q_a */
+                const uint8_t *wrow = (const uint8_t *)w.m.data + (size_t)o * w.m.row_stride;
+                const size_t ts = dtype_get(t)->type_size;
+                for (int64_t b = 0; b < n_in / 32; b++) {
+                    uint16_t mh, dh, sh;
+                    memcpy(&mh, wrow + (size_t)b * ts + 2, 2);
+                    memcpy(&dh, aq + 36 * b, 2);
+                    memcpy(&sh, aq + 36 * b + 2, 2);
+                    int sumq = 0;
+                    for (int j = 0; j < 32; j++) sumq += (int8_t)aq[36 * b + 4 + j];
+                    q81 += fabs((double)fp16_to_f32(mh)) *
+                           fabs((double)fp16_to_f32(sh) - (double)fp16_to_f32(dh) * sumq);
+                }
+            }
+            double tol = ((double)n_in / 8 + 64) * 0x1p-23 * s;
+            if (gemm) tol += (double)n_in * 0x1p-24 * s + (quant ? 0x1p-10 * 1.01 * gsum + 1.01 * q81 : 0.0);
+            const double d = fabs((double)yg[tk * n_out + o] - (double)yc[tk * n_out + o]);
+            cr_assert(d <= tol, "matmul %s n_in %lld n_tok %lld: y[%lld][%lld] gpu %.9g cpu %.9g (|diff| %.3g > tol %.3g)",
+                      dtype_name(t), (long long)n_in, (long long)n_tok, (long long)tk, (long long)o,
+                      (double)yg[tk * n_out + o], (double)yc[tk * n_out + o], d, tol);
+        }
+    }
+    g->ops->free(g, dw);
+    g->ops->free(g, dx);
+    g->ops->free(g, dy);
+    free(aq);
+    free(a);
+    free(x);
+    free(yc);
+    free(yg);
+    wmat_free(&w);
+}
+
+/* ------------------------------------------------------------------ backend */
+
+Test(cuda_ops, backend_creates_describes_and_copies_memory) {
+    struct kbackend *g = gpu_new();
+    char buf[256];
+    kbackend_describe(g, buf, sizeof buf);
+    cr_assert(strncmp(buf, "cuda: ", 6) == 0 && strstr(buf, "sm_"), "describe: '%s'", buf);
+    cr_assert_str_eq(g->ops->name, "cuda");
+    cr_assert_gt(g->workspace_bytes, 0);
+    int64_t fr = 0, tot = 0;
+    cr_assert_eq(g->ops->mem_info(g, &fr, &tot), 0);
+    cr_assert(fr > 0 && tot >= fr, "mem_info %lld / %lld", (long long)fr, (long long)tot);
+
+    unsigned char src[1000], dst[1000];
+    for (int i = 0; i < 1000; i++) src[i] = (unsigned char)(i * 7 + 3);
+    void *d = dev_copy(g, src, sizeof src);
+    cr_assert_eq((uintptr_t)d % 256, 0);
+    g->ops->sync(g);
+    dev_get(g, dst, d, sizeof dst);
+    cr_assert_arr_eq(src, dst, sizeof src);
+    g->ops->free(g, d);
+    g->ops->free(g, NULL);
+    d = g->ops->alloc(g, 0);
+    cr_assert_not_null(d);
+    g->ops->free(g, d);
+    kbackend_free(g);
+}
+
+Test(cuda_ops, backend_refuses_a_missing_device_and_bad_sizes_with_a_message) {
+    struct kbackend *b = NULL;
+    tp_err e = {0};
+    struct kbackend_opts o = test_opts();
+    o.device = 4096;
+    cr_assert_eq(kbackend_cuda_create(&b, &o, &e), TP_EINVAL);
+    cr_assert_null(b);
+    cr_assert(strstr(e.msg, "device 4096"), "%s", e.msg);
+    tp_err_clear(&e);
+    o = test_opts();
+    o.max_tokens = -1;
+    cr_assert_eq(kbackend_cuda_create(&b, &o, &e), TP_EINVAL);
+    cr_assert_neq(e.msg[0], '\0');
+}
+
+Test(cuda_ops, op_errors_are_recorded_not_fatal) {
+    struct kbackend *g = gpu_new();
+    tu_rng r = rng_new();
+    struct wmat w;
+    wmat_make(&w, &r, DTYPE_Q8_0, 4, 64, 0, 0);
+    uint8_t *dw = dev_copy(g, w.buf, w.bytes);
+    float *dx = g->ops->alloc(g, (size_t)(MAX_TOK + 1) * 64 * sizeof(float));
+    float *dy = g->ops->alloc(g, (size_t)(MAX_TOK + 1) * 4 * sizeof(float));
+    struct kmat mg = w.m;
+    mg.data = dw;
+    g->ops->matmul(g, dy, &mg, dx, MAX_TOK + 1); /* more tokens than the scratch holds */
+    tp_err e = {0};
+    cr_assert_eq(kbackend_cuda_status(g, &e), TP_EINVAL);
+    cr_assert(strstr(e.msg, "max_tokens"), "%s", e.msg);
+    g->ops->free(g, dw);
+    g->ops->free(g, dx);
+    g->ops->free(g, dy);
+    wmat_free(&w);
+    kbackend_free(g);
+}
+
+/* ------------------------------------------------------------------ matmul */
+
+Test(cuda_ops, matmul_matches_cpu_for_every_weight_type_decode_and_prompt) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    const int64_t toks[] = {1, 2, 5, 8, 9, 24};
+    for (size_t i = 0; i < TP_ARRAY_LEN(wtypes); i++) {
+        const enum dtype t = wtypes[i];
+        const int64_t bs = dtype_get(t)->block_size, unit = bs == 1 ? 32 : bs;
+        for (size_t k = 0; k < TP_ARRAY_LEN(toks); k++) {
+            /* a column slice one block in from the row start (unaligned rows) */
+            check_matmul(g, c, &r, t, 67, 3 * TP_MAX(unit, (int64_t)256), bs == 1 ? 3 : bs, bs, toks[k]);
+        }
+        check_matmul(g, c, &r, t, 5, MAX_IN, 0, 0, 1);
+        check_matmul(g, c, &r, t, 1, unit, 0, 0, 3);
+        if (bs == 1) check_matmul(g, c, &r, t, 9, 333, 1, 2, 4); /* odd lengths: the scalar loads */
+    }
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+Test(cuda_ops, matmul_of_empty_input_gives_zeros_and_of_empty_output_nothing) {
+    struct kbackend *g = gpu_new();
+    float junk[6] = {1, 2, 3, 4, 5, 6}, y[6];
+    float *dy = dev_copy(g, junk, sizeof junk);
+    uint8_t wbyte = 0;
+    void *dw = dev_copy(g, &wbyte, 1);
+    struct kmat m = {.data = dw, .type = DTYPE_Q8_0, .n_out = 3, .n_in = 0, .row_stride = 0};
+    g->ops->matmul(g, dy, &m, dy, 2);
+    dev_get(g, y, dy, sizeof y);
+    for (int i = 0; i < 6; i++) cr_assert_eq(y[i], 0.0f);
+    g->ops->upload(g, dy, junk, sizeof junk);
+    m.n_out = 0;
+    m.n_in = 32;
+    g->ops->matmul(g, dy, &m, dy, 2);
+    dev_get(g, y, dy, sizeof y);
+    cr_assert_arr_eq(y, junk, sizeof y);
+    g->ops->free(g, dy);
+    g->ops->free(g, dw);
+    kbackend_free(g);
+}
+
+Test(cuda_ops, get_rows_is_bit_identical_to_cpu_for_every_type) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    for (size_t i = 0; i < TP_ARRAY_LEN(wtypes); i++) {
+        const enum dtype t = wtypes[i];
+        const int64_t n_in = 512, n_out = 37, n = 11;
+        struct wmat w;
+        wmat_make(&w, &r, t, n_out, n_in, 0, 0);
+        int32_t ids[11];
+        for (int k = 0; k < n; k++) ids[k] = (int32_t)(tu_next(&r) % (uint64_t)n_out);
+        ids[3] = ids[7]; /* a repeat */
+        float *oc = xmalloc((size_t)(n * n_in) * sizeof(float)), *og = xmalloc((size_t)(n * n_in) * sizeof(float));
+        c->ops->get_rows(c, oc, &w.m, ids, n);
+        uint8_t *dw = dev_copy(g, w.buf, w.bytes);
+        int32_t *di = dev_copy(g, ids, sizeof ids);
+        float *dout = g->ops->alloc(g, (size_t)(n * n_in) * sizeof(float));
+        struct kmat mg = w.m;
+        mg.data = dw;
+        g->ops->get_rows(g, dout, &mg, di, n);
+        gpu_ok(g, dtype_name(t));
+        dev_get(g, og, dout, (size_t)(n * n_in) * sizeof(float));
+        cr_assert(memcmp(oc, og, (size_t)(n * n_in) * sizeof(float)) == 0, "get_rows %s differs from the CPU",
+                  dtype_name(t));
+        g->ops->free(g, dw);
+        g->ops->free(g, di);
+        g->ops->free(g, dout);
+        free(oc);
+        free(og);
+        wmat_free(&w);
+    }
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+/* ------------------------------------------------------------------ row-wise ops */
+
+Test(cuda_ops, rmsnorm_matches_cpu_with_weight_offset_in_place_and_without_weight) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    const int64_t rows = 7, n = 640;
+    float *x = rand_floats(&r, (size_t)(rows * n), -30.0f, 30.0f), *w = rand_floats(&r, (size_t)n, -1.0f, 1.0f);
+    float *yc = xmalloc((size_t)(rows * n) * sizeof(float)), *yg = xmalloc((size_t)(rows * n) * sizeof(float));
+    float *dx = dev_copy(g, x, (size_t)(rows * n) * sizeof(float)), *dw = dev_copy(g, w, (size_t)n * sizeof(float));
+    float *dy = g->ops->alloc(g, (size_t)(rows * n) * sizeof(float));
+    for (int variant = 0; variant < 3; variant++) {
+        const float *wc = variant == 2 ? NULL : w, *wg = variant == 2 ? NULL : dw;
+        float *outg = variant == 1 ? dx : dy;
+        g->ops->upload(g, dx, x, (size_t)(rows * n) * sizeof(float));
+        c->ops->rmsnorm(c, yc, x, wc, 1.0f, rows, n, 1e-6f);
+        g->ops->rmsnorm(g, outg, dx, wg, 1.0f, rows, n, 1e-6f);
+        gpu_ok(g, "rmsnorm");
+        dev_get(g, yg, outg, (size_t)(rows * n) * sizeof(float));
+        for (int64_t i = 0; i < rows * n; i++)
+            cr_assert(fabsf(yg[i] - yc[i]) <= 0x1p-21f * fabsf(yc[i]), "rmsnorm variant %d [%lld]: gpu %.9g cpu %.9g",
+                      variant, (long long)i, (double)yg[i], (double)yc[i]);
+    }
+    g->ops->free(g, dx);
+    g->ops->free(g, dw);
+    g->ops->free(g, dy);
+    free(x);
+    free(w);
+    free(yc);
+    free(yg);
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+Test(cuda_ops, rope_matches_cpu_in_both_modes_with_freq_factors_and_yarn) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    const int64_t n_tok = 5, n_head = 3, hd = 64;
+    int32_t pos[5];
+    for (int i = 0; i < n_tok; i++) pos[i] = (int32_t)(tu_next(&r) % 9000);
+    pos[0] = 0;
+    float ff[32];
+    for (int i = 0; i < 32; i++) ff[i] = tu_uniform(&r, 1.0f, 8.0f);
+    int32_t *dpos = dev_copy(g, pos, sizeof pos);
+    float *dff = dev_copy(g, ff, sizeof ff);
+    const size_t bytes = (size_t)(n_tok * n_head * hd) * sizeof(float);
+    float *xg = xmalloc(bytes), *xc = xmalloc(bytes);
+    float *dx = g->ops->alloc(g, bytes);
+    for (int cfg = 0; cfg < 6; cfg++) {
+        struct rope_params p = {.mode = (cfg & 1) ? ROPE_NEOX : ROPE_NORMAL, .n_rot = cfg >= 4 ? 32 : 64,
+                                .base = 10000.0f, .freq_scale = 1.0f, .attn_factor = 1.0f};
+        struct rope_params pg = p;
+        if (cfg == 2 || cfg == 3) { /* YaRN */
+            p.freq_scale = 0.25f;
+            p.ext_factor = 1.0f;
+            p.attn_factor = 1.0f;
+            p.beta_fast = 32.0f;
+            p.beta_slow = 1.0f;
+            p.n_ctx_orig = 4096;
+            p.base = 500000.0f;
+            pg = p;
+        }
+        if (cfg >= 4) { /* Llama 3 style frequency factors over a partial rotation */
+            p.freq_factors = ff;
+            pg = p;
+            pg.freq_factors = dff;
+        }
+        tu_fill_uniform(&r, xc, bytes / sizeof(float), -3.0f, 3.0f);
+        memcpy(xg, xc, bytes);
+        g->ops->upload(g, dx, xg, bytes);
+        c->ops->rope(c, xc, pos, n_tok, n_head, hd, &p);
+        g->ops->rope(g, dx, dpos, n_tok, n_head, hd, &pg);
+        gpu_ok(g, "rope");
+        dev_get(g, xg, dx, bytes);
+        for (int64_t i = 0; i < n_tok * n_head * hd; i++)
+            cr_assert(fabsf(xg[i] - xc[i]) <= 0x1p-20f * 8.0f, "rope cfg %d [%lld] (pos %d): gpu %.9g cpu %.9g", cfg,
+                      (long long)i, pos[i / (n_head * hd)], (double)xg[i], (double)xc[i]);
+    }
+    g->ops->free(g, dpos);
+    g->ops->free(g, dff);
+    g->ops->free(g, dx);
+    free(xg);
+    free(xc);
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+/* ------------------------------------------------------------------ element-wise */
+
+Test(cuda_ops, gated_act_matches_cpu_for_silu_and_gelu) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    const int64_t n = 3001;
+    float *gate = rand_floats(&r, (size_t)n, -12.0f, 12.0f), *up = rand_floats(&r, (size_t)n, -2.0f, 2.0f);
+    float *oc = xmalloc((size_t)n * sizeof(float)), *og = xmalloc((size_t)n * sizeof(float));
+    float *dg = dev_copy(g, gate, (size_t)n * sizeof(float)), *du = dev_copy(g, up, (size_t)n * sizeof(float));
+    float *dout = g->ops->alloc(g, (size_t)n * sizeof(float));
+    for (int act = 0; act < ACT_COUNT; act++) {
+        c->ops->gated_act(c, oc, gate, up, n, (enum act_kind)act);
+        g->ops->gated_act(g, dout, dg, du, n, (enum act_kind)act);
+        gpu_ok(g, "gated_act");
+        dev_get(g, og, dout, (size_t)n * sizeof(float));
+        for (int64_t i = 0; i < n; i++)
+            cr_assert(fabsf(og[i] - oc[i]) <= 0x1p-19f * fabsf(oc[i]) + 1e-37f,
+                      "act %d [%lld] g %.9g: gpu %.9g cpu %.9g", act, (long long)i, (double)gate[i], (double)og[i],
+                      (double)oc[i]);
+    }
+    g->ops->gated_act(g, dg, dg, du, n, ACT_SILU); /* in place over gate */
+    c->ops->gated_act(c, oc, gate, up, n, ACT_SILU);
+    dev_get(g, og, dg, (size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) cr_assert(fabsf(og[i] - oc[i]) <= 0x1p-19f * fabsf(oc[i]) + 1e-37f);
+    g->ops->free(g, dg);
+    g->ops->free(g, du);
+    g->ops->free(g, dout);
+    free(gate);
+    free(up);
+    free(oc);
+    free(og);
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+Test(cuda_ops, add_scale_and_add_bias_are_bit_identical_to_cpu) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    const int64_t rows = 5, n = 777, tot = rows * n;
+    const size_t bytes = (size_t)tot * sizeof(float);
+    float *a = rand_floats(&r, (size_t)tot, -100.0f, 100.0f), *b = rand_floats(&r, (size_t)tot, -1.0f, 1.0f);
+    float *bias = rand_floats(&r, (size_t)n, -5.0f, 5.0f), *og = xmalloc(bytes);
+    float *da = dev_copy(g, a, bytes), *db = dev_copy(g, b, bytes), *dbias = dev_copy(g, bias, (size_t)n * sizeof(float));
+    c->ops->add(c, a, a, b, tot); /* y aliases a */
+    g->ops->add(g, da, da, db, tot);
+    dev_get(g, og, da, bytes);
+    cr_assert(memcmp(og, a, bytes) == 0, "add");
+    c->ops->scale(c, a, 0.3f, tot);
+    g->ops->scale(g, da, 0.3f, tot);
+    dev_get(g, og, da, bytes);
+    cr_assert(memcmp(og, a, bytes) == 0, "scale");
+    c->ops->add_bias(c, a, bias, rows, n);
+    g->ops->add_bias(g, da, dbias, rows, n);
+    dev_get(g, og, da, bytes);
+    cr_assert(memcmp(og, a, bytes) == 0, "add_bias");
+    g->ops->free(g, da);
+    g->ops->free(g, db);
+    g->ops->free(g, dbias);
+    free(a);
+    free(b);
+    free(bias);
+    free(og);
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+/* ------------------------------------------------------------------ KV cache and attention */
+
+/* Two sequences (23 and 10 positions) in a paged cache of shuffled blocks: all positions
+ * stored at once (plus a padding token), then the last tokens of each attend. */
+static void check_attention(struct kbackend *g, struct kbackend *c, tu_rng *r, enum dtype kvt, int64_t hd,
+                            int64_t window) {
+    const int64_t n_kv = 2, n_head = 4, bsz = 4, n_blocks = 16, max_blocks = 8;
+    const int64_t len[2] = {23, 10};
+    int32_t tables[2 * 8];
+    int32_t perm[16];
+    for (int i = 0; i < 16; i++) perm[i] = i;
+    for (int i = 15; i > 0; i--) {
+        int j = (int)(tu_next(r) % (uint64_t)(i + 1)), tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    for (int i = 0; i < 16; i++) tables[i] = -1;
+    for (int s = 0, used = 0; s < 2; s++)
+        for (int64_t b = 0; b < (len[s] + bsz - 1) / bsz; b++) tables[s * max_blocks + b] = perm[used++];
+
+    /* store: every position of both sequences, and one padding token (slot -1) */
+    const int64_t n_st = len[0] + len[1] + 1, row = n_kv * hd;
+    int32_t *spos = xmalloc((size_t)n_st * sizeof(int32_t)), *sseq = xmalloc((size_t)n_st * sizeof(int32_t));
+    int64_t *slots = xmalloc((size_t)n_st * sizeof(int64_t));
+    int64_t m = 0;
+    for (int s = 0; s < 2; s++)
+        for (int64_t p = 0; p < len[s]; p++, m++) {
+            spos[m] = (int32_t)p;
+            sseq[m] = s;
+            slots[m] = (int64_t)tables[s * max_blocks + p / bsz] * bsz + p % bsz;
+        }
+    spos[m] = 0, sseq[m] = 0, slots[m] = -1;
+    float *k = rand_floats(r, (size_t)(n_st * row), -1.0f, 1.0f), *v = rand_floats(r, (size_t)(n_st * row), -1.0f, 1.0f);
+
+    const size_t es = kvt == DTYPE_F16 ? 2 : 4, cache_bytes = (size_t)(n_blocks * bsz * row) * es;
+    void *kc = xmalloc(cache_bytes), *vc = xmalloc(cache_bytes), *kg = xmalloc(cache_bytes), *vg = xmalloc(cache_bytes);
+    memset(kc, 0, cache_bytes);
+    memset(vc, 0, cache_bytes);
+    struct kv_layer lc = {kc, vc, kvt, n_blocks, bsz, n_kv, hd};
+    struct kv_layer lg = {dev_copy(g, kc, cache_bytes), dev_copy(g, vc, cache_bytes), kvt, n_blocks, bsz, n_kv, hd};
+    struct attn_batch bc = {.n_tok = n_st, .pos = spos, .seq = sseq, .block_tables = tables, .max_blocks = max_blocks,
+                            .slots = slots};
+    struct attn_batch bg = {.n_tok = n_st, .pos = dev_copy(g, spos, (size_t)n_st * 4), .seq = dev_copy(g, sseq, (size_t)n_st * 4),
+                            .block_tables = dev_copy(g, tables, sizeof tables), .max_blocks = max_blocks,
+                            .slots = dev_copy(g, slots, (size_t)n_st * 8)};
+    float *dk = dev_copy(g, k, (size_t)(n_st * row) * sizeof(float)), *dv = dev_copy(g, v, (size_t)(n_st * row) * sizeof(float));
+    c->ops->kv_store(c, &lc, k, v, &bc);
+    g->ops->kv_store(g, &lg, dk, dv, &bg);
+    gpu_ok(g, "kv_store");
+    dev_get(g, kg, lg.k, cache_bytes);
+    dev_get(g, vg, lg.v, cache_bytes);
+    cr_assert(memcmp(kg, kc, cache_bytes) == 0 && memcmp(vg, vc, cache_bytes) == 0, "kv_store %s differs",
+              dtype_name(kvt));
+
+    /* attend: the last 3 positions of sequence 0 and the last 2 of sequence 1 */
+    const int64_t n_q = 5;
+    int32_t qpos[5] = {20, 21, 22, 8, 9}, qseq[5] = {0, 0, 0, 1, 1};
+    int64_t qslots[5] = {0};
+    float *q = rand_floats(r, (size_t)(n_q * n_head * hd), -1.0f, 1.0f);
+    const size_t obytes = (size_t)(n_q * n_head * hd) * sizeof(float);
+    float *oc = xmalloc(obytes), *og = xmalloc(obytes);
+    struct attn_batch qc = {.n_tok = n_q, .pos = qpos, .seq = qseq, .block_tables = tables, .max_blocks = max_blocks,
+                            .slots = qslots};
+    struct attn_batch qg = {.n_tok = n_q, .pos = dev_copy(g, qpos, sizeof qpos), .seq = dev_copy(g, qseq, sizeof qseq),
+                            .block_tables = bg.block_tables, .max_blocks = max_blocks,
+                            .slots = dev_copy(g, qslots, sizeof qslots)};
+    float *dq = dev_copy(g, q, obytes), *dout = g->ops->alloc(g, obytes);
+    const float scale = 1.0f / sqrtf((float)hd);
+    c->ops->attention(c, oc, q, &lc, &qc, n_head, scale, window);
+    g->ops->attention(g, dout, dq, &lg, &qg, n_head, scale, window);
+    gpu_ok(g, "attention");
+    dev_get(g, og, dout, obytes);
+    for (int64_t t = 0; t < n_q; t++)
+        for (int64_t h = 0; h < n_head; h++) {
+            const int64_t gk = h / (n_head / n_kv);
+            double smax = 0;
+            for (int64_t p = 0; p <= qpos[t]; p++) {
+                int64_t slot = (int64_t)tables[qseq[t] * max_blocks + p / bsz] * bsz + p % bsz;
+                double sa = 0;
+                for (int64_t i = 0; i < hd; i++) {
+                    const int64_t at = (slot * n_kv + gk) * hd + i;
+                    const float kv = kvt == DTYPE_F16 ? fp16_to_f32(((uint16_t *)kc)[at]) : ((float *)kc)[at];
+                    sa += fabs((double)q[(t * n_head + h) * hd + i] * kv);
+                }
+                smax = fmax(smax, sa * scale);
+            }
+            const double tol = 1.0 * ((double)hd * 0x1p-22 * smax + 0x1p-18); /* max|V| <= 1 */
+            for (int64_t i = 0; i < hd; i++) {
+                const int64_t at = (t * n_head + h) * hd + i;
+                cr_assert(fabs((double)og[at] - (double)oc[at]) <= tol,
+                          "attention %s hd %lld window %lld t %lld h %lld dim %lld: gpu %.9g cpu %.9g (tol %.3g)",
+                          dtype_name(kvt), (long long)hd, (long long)window, (long long)t, (long long)h, (long long)i,
+                          (double)og[at], (double)oc[at], tol);
+            }
+        }
+    void *dev[] = {lg.k, lg.v, (void *)bg.pos, (void *)bg.seq, (void *)bg.block_tables, (void *)bg.slots, dk, dv,
+                   (void *)qg.pos, (void *)qg.seq, (void *)qg.slots, dq, dout};
+    for (size_t i = 0; i < TP_ARRAY_LEN(dev); i++) g->ops->free(g, dev[i]);
+    void *host[] = {spos, sseq, slots, k, v, kc, vc, kg, vg, q, oc, og};
+    for (size_t i = 0; i < TP_ARRAY_LEN(host); i++) free(host[i]);
+}
+
+Test(cuda_ops, kv_store_and_paged_attention_match_cpu_for_f16_f32_gqa_and_windows) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    const int64_t hds[] = {64, 80, 256};
+    for (size_t i = 0; i < TP_ARRAY_LEN(hds); i++) {
+        check_attention(g, c, &r, DTYPE_F16, hds[i], 0);
+        check_attention(g, c, &r, DTYPE_F32, hds[i], 0);
+        check_attention(g, c, &r, DTYPE_F16, hds[i], 5);
+    }
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+/* ------------------------------------------------------------------ topk */
+
+static void check_topk(struct kbackend *g, struct kbackend *c, const float *logits, int64_t rows, int64_t n, int64_t k) {
+    const size_t bytes = (size_t)(rows * n) * sizeof(float);
+    float *dl = dev_copy(g, logits, bytes);
+    int32_t *ic = xmalloc((size_t)(rows * k) * sizeof(int32_t)), *ig = xmalloc((size_t)(rows * k) * sizeof(int32_t));
+    float *vc = xmalloc((size_t)(rows * k) * sizeof(float)), *vg = xmalloc((size_t)(rows * k) * sizeof(float));
+    float *lc = xmalloc((size_t)rows * sizeof(float)), *lg = xmalloc((size_t)rows * sizeof(float));
+    c->ops->topk(c, ic, vc, lc, logits, rows, n, k);
+    g->ops->topk(g, ig, vg, lg, dl, rows, n, k);
+    gpu_ok(g, "topk");
+    for (int64_t i = 0; i < rows * k; i++) {
+        cr_assert_eq(ig[i], ic[i], "topk n %lld k %lld: idx[%lld][%lld] gpu %d cpu %d", (long long)n, (long long)k,
+                     (long long)(i / k), (long long)(i % k), ig[i], ic[i]);
+        cr_assert(memcmp(&vg[i], &vc[i], sizeof(float)) == 0, "topk val[%lld] gpu %.9g cpu %.9g", (long long)i,
+                  (double)vg[i], (double)vc[i]);
+    }
+    for (int64_t i = 0; i < rows; i++) {
+        if (isnan(lc[i]) || isinf(lc[i])) {
+            cr_assert(isnan(lc[i]) ? isnan(lg[i]) : lg[i] == lc[i], "lse[%lld] gpu %g cpu %g", (long long)i,
+                      (double)lg[i], (double)lc[i]);
+        } else {
+            cr_assert(fabsf(lg[i] - lc[i]) <= 0x1p-20f * fmaxf(1.0f, fabsf(lc[i])), "lse[%lld] gpu %.9g cpu %.9g",
+                      (long long)i, (double)lg[i], (double)lc[i]);
+        }
+    }
+    g->ops->topk(g, ig, vg, NULL, dl, rows, n, k); /* lse may be NULL */
+    gpu_ok(g, "topk without lse");
+    g->ops->free(g, dl);
+    free(ic);
+    free(ig);
+    free(vc);
+    free(vg);
+    free(lc);
+    free(lg);
+}
+
+Test(cuda_ops, topk_matches_cpu_with_ties_specials_and_every_k_path) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    const int64_t ns[] = {1000, 70000};
+    const int64_t ks[] = {1, 10, 256, 300};
+    for (size_t a = 0; a < TP_ARRAY_LEN(ns); a++) {
+        const int64_t n = ns[a], rows = 3;
+        float *x = xmalloc((size_t)(rows * n) * sizeof(float));
+        for (int64_t i = 0; i < rows * n; i++) x[i] = roundf(tu_uniform(&r, -4.0f, 4.0f) * 8.0f) / 8.0f; /* many ties */
+        x[n + 5] = INFINITY;                                   /* row 1: +inf */
+        x[2 * n + 1] = NAN, x[2 * n + 2] = -INFINITY;          /* row 2: NaN */
+        x[3] = -0.0f, x[4] = 0.0f, x[5] = 10.0f, x[6] = 10.0f; /* row 0: a tie at the top */
+        for (size_t b = 0; b < TP_ARRAY_LEN(ks); b++) check_topk(g, c, x, rows, n, ks[b]);
+        free(x);
+    }
+    float small[100];
+    for (int i = 0; i < 100; i++) small[i] = tu_uniform(&r, -1.0f, 1.0f);
+    check_topk(g, c, small, 1, 100, 200); /* k > n pads */
+    float *many = rand_floats(&r, (size_t)40 * 50, -5.0f, 5.0f);
+    check_topk(g, c, many, 40, 50, 7); /* more rows than max_tokens */
+    for (int i = 0; i < 50; i++) many[i] = -INFINITY;
+    check_topk(g, c, many, 1, 50, 5); /* all -inf */
+    free(many);
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+/* ------------------------------------------------------------------ main */
+
+/* Number of CUDA devices, asked in a child process: Criterion runs each test in a forked
+ * process, and a CUDA context created in the parent before fork would be unusable there. */
+static int cuda_devices(void) {
+#ifdef TPLLM_HAVE_CUDA
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) return 0;
+    if (pid == 0) {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+        _exit(n > 100 ? 100 : n);
+    }
+    int st = 0;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return 0;
+    return WEXITSTATUS(st);
+#else
+    return 0;
+#endif
+}
+
+int main(int argc, char *argv[]) {
+    if (!kbackend_cuda_compiled() || cuda_devices() == 0) {
+        printf("skipped: no CUDA device\n");
+        return 77;
+    }
+    struct criterion_test_set *tests = criterion_initialize();
+    int result = 0;
+    if (criterion_handle_args(argc, argv, true)) result = !criterion_run_all_tests(tests);
+    criterion_finalize(tests);
+    return result;
+}
