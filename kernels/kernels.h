@@ -104,6 +104,16 @@ struct kops {
 
     /* y[t][o] = sum_i W[o][i] * x[t][i] for t < n_tok; y: [n_tok][w->n_out], x: [n_tok][w->n_in]. */
     void (*matmul)(struct kbackend *b, float *y, const struct kmat *w, const float *x, int64_t n_tok);
+    /* Row-parallel matmul, deterministic across tensor-parallel splits: the input width is
+     * cut into granules of `granule` values (a multiple of the type's block; the last one
+     * may be shorter), each granule's dot product is computed as matmul would, and the
+     * granules are summed in double: y[t][o] = sum_g (double) dot_g. A rank holding a
+     * slice of the granules produces the partial sum of exactly those, so the ranks'
+     * partials add up (in double) to what one rank computes, to within double rounding. */
+    void (*matmul_f64)(struct kbackend *b, double *y, const struct kmat *w, const float *x, int64_t n_tok,
+                       int64_t granule);
+    /* y[i] = (float) sum_{p < n_parts} parts[p * n + i], summed in order p = 0, 1, ... */
+    void (*reduce_f64)(struct kbackend *b, float *y, const double *parts, int64_t n_parts, int64_t n);
     /* out[t][:] = dequantized row ids[t] of table (embedding lookup); out: [n][table->n_in]. */
     void (*get_rows)(struct kbackend *b, float *out, const struct kmat *table, const int32_t *ids, int64_t n);
     /* y[r][i] = x[r][i] / sqrt(mean_i(x[r]^2) + eps) * (w[i] + w_offset) over n_rows rows of n. */

@@ -9,7 +9,11 @@
  *
  * Contraction of a*b+c into one fused multiply-add would change results by one rounding
  * (ggml's reference and numpy round the product first), so it is off for this file. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 #include "quant.h"
 

@@ -256,12 +256,15 @@ static int report(struct boot *b, const struct boot_opts *o, tp_err *e) {
     return rc;
 }
 
-/* Agree on failure across ranks. A rank other than 0 that failed itself prints its own
- * message (rank 0 only learns which rank failed); rank 0 prints what it gets back. */
+/* Agree on failure across ranks. The first failing rank, when it is not rank 0, prints
+ * its own message (rank 0 only learns which rank failed and prints that). */
 static int agree(struct boot *b, int rc, tp_err *e) {
-    if (rc && b->rank != 0) fprintf(stderr, "tpllm: rank %d (host %s): %s\n", b->rank, comm_topo(b->comm)->host, e->msg);
+    tp_err mine = *e;
     int bad = -1;
-    return comm_any_error(b->comm, rc, &bad, e);
+    int all = comm_any_error(b->comm, rc, &bad, e);
+    if (all && bad == b->rank && b->rank != 0)
+        fprintf(stderr, "tpllm: rank %d (host %s): %s\n", b->rank, comm_topo(b->comm)->host, mine.msg);
+    return all;
 }
 
 int boot_start(struct boot *b, const struct boot_opts *o, tp_err *e) {

@@ -110,10 +110,13 @@ int comm_create_staged(struct comm **out, struct comm *mpi, int device, double t
  * same PCI bus id on the same host, gathered over mpi) or some rank sets TPLLM_NCCL=0;
  * then host-staged, with a warning on rank 0's stderr naming the ranks and the GPU. */
 int comm_create_device(struct comm **out, struct comm *mpi, int device, double timeout_s, tp_err *e);
-/* The CUDA stream (cudaStream_t) device collectives are queued on; NULL: the stream the
- * communicator created for itself. Give the backend's stream so that a collective follows
- * the kernels that produced its buffer without a device-wide synchronisation; with any
- * other stream the caller must make the buffer ready first. No effect on MPI. */
+/* The CUDA stream (cudaStream_t) device collectives are queued on. NULL: the stream the
+ * communicator created for itself, a blocking stream, so ordered after work on the legacy
+ * default stream (plain cudaMemcpy, kernels launched without a stream) but not after work
+ * on non-blocking streams. Give the backend's stream so that a collective follows the
+ * kernels that produced its buffer without a device-wide synchronisation; otherwise the
+ * caller must make the buffer ready first. The stream must belong to the communicator's
+ * device and outlive its use here. No effect on MPI communicators. */
 void comm_set_stream(struct comm *c, void *cuda_stream);
 /* The transport in one phrase: "mpi", "nccl 2.28.9", "mpi host-staged (GPU shared)". */
 void comm_describe(const struct comm *c, char *buf, size_t size);

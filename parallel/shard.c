@@ -26,9 +26,13 @@ static int64_t lcm64(int64_t a, int64_t b) { return a / gcd64(a, b) * b; }
 /* Chunk sizes: heads must be grouped so that (a) each chunk's attn_output columns start
  * on a block boundary, and (b) when tp <= n_head_kv, a chunk is whole KV groups so no
  * KV head is replicated. */
+/* Column alignment of row-parallel slices: whole quantization blocks, and at least 64
+ * columns (the CPU kernels pair 32-value blocks; matmul_f64's granules follow slices). */
+static int64_t col_align(int64_t block) { return lcm64(block > 0 ? block : 1, 64); }
+
 static int64_t head_unit(const struct shard_model *m, int tp) {
     int64_t group = m->n_head / m->n_head_kv;
-    int64_t blk = m->o_block > 0 ? m->o_block : 1;
+    int64_t blk = col_align(m->o_block);
     int64_t width = m->head_dim_v > 0 ? m->head_dim_v : m->head_dim;
     int64_t align = blk / gcd64(blk, width);
     int64_t u = tp <= m->n_head_kv ? lcm64(group, align) : align;
@@ -43,12 +47,18 @@ static int check_model(const struct shard_model *m, tp_err *e) {
     return 0;
 }
 
+/* FFN chunk: whole ffn_down blocks, at least 256 columns, so that the row-parallel
+ * reduction works on granules of a useful size (matmul_f64). */
+static int64_t ff_unit(const struct shard_model *m) {
+    return lcm64(col_align(m->down_block), 256);
+}
+
 /* Whether every rank owns at least one head or one FFN chunk at this tp. */
 static bool tp_works(const struct shard_model *m, int tp) {
     int64_t hu = head_unit(m, tp);
     int64_t n_hchunks = (m->n_head + hu - 1) / hu;
-    int64_t fu = m->down_block > 0 ? m->down_block : 1;
-    int64_t n_fchunks = m->n_ff / fu;
+    int64_t fu = ff_unit(m);
+    int64_t n_fchunks = (m->n_ff + fu - 1) / fu;
     return tp <= TP_MAX(n_hchunks, n_fchunks) && tp <= m->n_vocab;
 }
 
@@ -79,14 +89,18 @@ int shard_plan_build(struct shard_plan *p, const struct shard_model *m, int tp, 
         shard_plan_valid_sizes(m, 4096, sizes, sizeof sizes);
         return tp_errf(e, TP_EINVAL,
                        "tensor-parallel size %d cannot work for this model (%lld heads, %lld KV heads, FFN %lld "
-                       "in blocks of %lld): some rank would own no attention head and no FFN block. "
+                       "in chunks of %lld): some rank would own no attention head and no FFN chunk. "
                        "TP sizes that work: %s",
                        tp, (long long)m->n_head, (long long)m->n_head_kv, (long long)m->n_ff,
-                       (long long)(m->down_block > 0 ? m->down_block : 1), sizes);
+                       (long long)ff_unit(m), sizes);
     }
     p->tp = tp;
     p->head_unit = head_unit(m, tp);
-    p->ff_unit = m->down_block > 0 ? m->down_block : 1;
+    p->ff_unit = ff_unit(m);
+    {
+        int64_t width = m->head_dim_v > 0 ? m->head_dim_v : m->head_dim;
+        p->o_granule = lcm64(col_align(m->o_block), width);
+    }
     p->q_heads = calloc((size_t)tp, sizeof *p->q_heads);
     p->kv_heads = calloc((size_t)tp, sizeof *p->kv_heads);
     p->ff = calloc((size_t)tp, sizeof *p->ff);
@@ -97,7 +111,7 @@ int shard_plan_build(struct shard_plan *p, const struct shard_model *m, int tp, 
     }
     int64_t group = m->n_head / m->n_head_kv;
     int64_t n_hchunks = (m->n_head + p->head_unit - 1) / p->head_unit;
-    int64_t n_fchunks = m->n_ff / p->ff_unit;
+    int64_t n_fchunks = (m->n_ff + p->ff_unit - 1) / p->ff_unit;
     for (int r = 0; r < tp; r++) {
         struct shard_range hc = shard_split(n_hchunks, tp, r);
         p->q_heads[r].begin = TP_MIN(hc.begin * p->head_unit, m->n_head);
@@ -109,8 +123,7 @@ int shard_plan_build(struct shard_plan *p, const struct shard_model *m, int tp, 
             p->kv_heads[r] = (struct shard_range){0, 0};
         }
         struct shard_range fc = shard_split(n_fchunks, tp, r);
-        p->ff[r] = (struct shard_range){fc.begin * p->ff_unit, fc.end * p->ff_unit};
-        if (r == tp - 1) p->ff[r].end = m->n_ff; /* n_ff is a multiple of the block: no remainder, but be exact */
+        p->ff[r] = (struct shard_range){TP_MIN(fc.begin * p->ff_unit, m->n_ff), TP_MIN(fc.end * p->ff_unit, m->n_ff)};
         p->vocab[r] = shard_split(m->n_vocab, tp, r);
     }
     return 0;

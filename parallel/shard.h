@@ -28,7 +28,10 @@ struct shard_model {
 struct shard_plan {
     int tp;
     int64_t head_unit;  /* query heads are assigned in chunks of this many */
-    int64_t ff_unit;    /* FFN columns are assigned in chunks of this many */
+    int64_t ff_unit;    /* FFN columns are assigned in chunks of this many (the last may be shorter); also
+                           the reduction granule of ffn_down, the same at every TP size */
+    int64_t o_granule;  /* reduction granule of attn_output's input columns: every rank boundary
+                           falls on a multiple of it, at every TP size */
     /* per rank r < tp (arrays of tp entries, owned) */
     struct shard_range *q_heads;  /* query heads */
     struct shard_range *kv_heads; /* KV heads: those the rank's query heads use (replicated when tp > n_head_kv) */

@@ -455,7 +455,8 @@ static int sample_step(struct engine *en, const struct step_hdr *h, const struct
             int r = sampler_sample(rows[j].smp, ids, vals, n, lse, complete, &out[j], e);
             if (r < 0) {
                 rc = r;
-                goto done;
+                need_full = -1; /* tell the workers: the step ends here, no gather follows */
+                break;
             }
             if (r > 0) {
                 out[j] = -1; /* resolved below with the full vocabulary */
@@ -465,7 +466,18 @@ static int sample_step(struct engine *en, const struct step_hdr *h, const struct
             }
         }
     }
-    if ((rc = bcast(en, &need_full, sizeof need_full, e))) goto done;
+    /* every rank takes part in this broadcast, also after a sampling error on rank 0,
+     * so that the ranks stay in step for the next command */
+    {
+        tp_err ce = {0};
+        int brc = bcast(en, &need_full, sizeof need_full, rc ? &ce : e);
+        if (brc) {
+            if (rc) tp_errf(e, brc, "%s", ce.msg);
+            rc = brc;
+            goto done;
+        }
+    }
+    if (rc || need_full < 0) goto done;
     if (need_full) {
         if ((rc = gather_full(en, n_rows, e))) goto done;
         if (en->rank == 0) {

@@ -5,7 +5,9 @@
  * O projection (row-parallel) -> all-reduce -> [post-norm] -> residual -> norm ->
  * gate/up (column-parallel) -> activation -> down (row-parallel) -> all-reduce ->
  * [post-norm] -> residual. Then the final norm and this rank's vocabulary slice of the
- * LM head for the requested rows. Exactly two all-reduces per layer. */
+ * LM head for the requested rows. Exactly two reductions per layer; each is an all-gather
+ * of double-precision partial sums added in rank order (project_reduce), so that every TP
+ * size computes the same activations (docs/parallel.md). */
 #include "forward.h"
 
 #include <math.h>
@@ -62,20 +64,21 @@ void kv_cache_free(struct kv_cache *kv, struct kbackend *be) {
 
 /* The run state's buffers in order, with their element counts and sizes. */
 struct rs_layout {
-    size_t off[14];
+    size_t off[16];
     size_t total;
 };
 
 static void rs_layout(struct rs_layout *L, const struct model_config *c, const struct model_shard *sh, int64_t T,
                       int64_t NL, int64_t S, int64_t B) {
     size_t d = (size_t)c->n_embd, hd = (size_t)c->head_dim;
-    size_t sizes[14] = {
+    size_t sizes[16] = {
         T * d * 4, T * d * 4, T * sh->n_head_l * hd * 4, T * sh->n_kv_l * hd * 4, T * sh->n_kv_l * hd * 4,
         T * sh->n_head_l * hd * 4, T * d * 4, T * sh->n_ff_l * 4, T * sh->n_ff_l * 4,
         (size_t)NL * sh->n_vocab_l * 4, T * 4, T * 4, (size_t)(S * B) * 4, T * 8,
+        T * d * 8, (sh->tp > 1 ? (size_t)sh->tp : 0) * T * d * 8,
     };
     size_t cur = 0;
-    for (int i = 0; i < 14; i++) {
+    for (int i = 0; i < 16; i++) {
         L->off[i] = cur;
         cur += TP_ALIGN_UP(sizes[i], STATE_ALIGN);
     }
@@ -121,6 +124,8 @@ int run_state_create(struct run_state *rs, const struct model *m, int64_t max_to
     rs->d_seq = (int32_t *)(base + L.off[11]);
     rs->d_tables = (int32_t *)(base + L.off[12]);
     rs->d_slots = (int64_t *)(base + L.off[13]);
+    rs->o64 = (double *)(base + L.off[14]);
+    rs->o64_all = (double *)(base + L.off[15]);
     rs->bytes = L.total;
     rs->max_tok = max_tok;
     rs->max_logits = max_logits;
@@ -159,9 +164,22 @@ static struct rope_params layer_rope(const struct model *m, int64_t il) {
     return p;
 }
 
-static int all_reduce(struct comm *comm, float *buf, int64_t n, tp_err *e) {
-    if (!comm || comm_size(comm) == 1) return 0;
-    return comm_all_reduce_sum(comm, buf, n, e);
+/* Row-parallel projection and its reduction: out = sum over ranks of W_r x_r, identical
+ * (to within double rounding) at every TP size. Each rank's partial sums are kept in
+ * double (matmul_f64), gathered from every rank and summed in rank order on each. */
+static int project_reduce(struct model *m, struct run_state *rs, struct comm *comm, float *out, const struct kmat *w,
+                          const float *x, int64_t T, int64_t granule, tp_err *e) {
+    const struct kops *K = m->be->ops;
+    int64_t n = T * m->cfg.n_embd;
+    K->matmul_f64(m->be, rs->o64, w, x, T, granule);
+    if (!comm || comm_size(comm) == 1) {
+        K->reduce_f64(m->be, out, rs->o64, 1, n);
+        return 0;
+    }
+    int rc = comm_all_gather(comm, rs->o64, rs->o64_all, (size_t)n * sizeof(double), e);
+    if (rc) return rc;
+    K->reduce_f64(m->be, out, rs->o64_all, comm_size(comm), n);
+    return 0;
 }
 
 /* Embedding rows: dequantized on the host straight from the mapped file, then uploaded. */
@@ -225,9 +243,17 @@ int forward(struct model *m, struct run_state *rs, struct kv_cache *kv, struct c
         K->rope(be, rs->q, rs->d_pos, T, nh, hd, &rp);
         K->rope(be, rs->k, rs->d_pos, T, nkv, hd, &rp);
         K->kv_store(be, &kv->layers[il], rs->k, rs->v, &ab);
-        K->attention(be, rs->att, rs->q, &kv->layers[il], &ab, nh, c->attn_scale, window);
-        K->matmul(be, rs->o, &L->wo, rs->att, T);
-        if ((rc = all_reduce(comm, rs->o, T * d, e))) return tp_err_wrap(e, "layer %lld attention", (long long)il);
+        /* Gemma scales q itself before attention (as its reference and llama.cpp do); the
+         * others scale the scores. Not the same under f16 rounding of q (small values of
+         * q * scale are f16 subnormals), so follow each model's own order. */
+        float att_scale = c->attn_scale;
+        if (c->arch == ARCH_GEMMA3) {
+            K->scale(be, rs->q, c->attn_scale, T * nh * hd);
+            att_scale = 1.0f;
+        }
+        K->attention(be, rs->att, rs->q, &kv->layers[il], &ab, nh, att_scale, window);
+        if ((rc = project_reduce(m, rs, comm, rs->o, &L->wo, rs->att, T, m->sh.o_granule, e)))
+            return tp_err_wrap(e, "layer %lld attention", (long long)il);
         if (L->post_attn_norm) K->rmsnorm(be, rs->o, rs->o, L->post_attn_norm, c->norm_offset, T, d, c->norm_eps);
         K->add(be, rs->x, rs->x, rs->o, T * d);
 
@@ -236,8 +262,8 @@ int forward(struct model *m, struct run_state *rs, struct kv_cache *kv, struct c
         K->matmul(be, rs->gate, &L->w_gate, rs->xn, T);
         K->matmul(be, rs->up, &L->w_up, rs->xn, T);
         K->gated_act(be, rs->gate, rs->gate, rs->up, T * ff, (enum act_kind)c->act);
-        K->matmul(be, rs->o, &L->w_down, rs->gate, T);
-        if ((rc = all_reduce(comm, rs->o, T * d, e))) return tp_err_wrap(e, "layer %lld feed-forward", (long long)il);
+        if ((rc = project_reduce(m, rs, comm, rs->o, &L->w_down, rs->gate, T, m->sh.ff_granule, e)))
+            return tp_err_wrap(e, "layer %lld feed-forward", (long long)il);
         if (L->post_ffn_norm) K->rmsnorm(be, rs->o, rs->o, L->post_ffn_norm, c->norm_offset, T, d, c->norm_eps);
         K->add(be, rs->x, rs->x, rs->o, T * d);
     }

@@ -46,6 +46,8 @@ struct run_state {
     float *gate;   /* [max_tok][ff] */
     float *up;     /* [max_tok][ff] */
     float *logits; /* [max_logits][nv] this rank's vocabulary slice */
+    double *o64;   /* [max_tok][d] row-parallel partial sums of this rank (double: see matmul_f64) */
+    double *o64_all; /* [tp][max_tok][d] every rank's partial sums, gathered */
     int32_t *d_pos, *d_seq, *d_tables; /* batch indices in backend memory */
     int64_t *d_slots;
     void *mem;

@@ -255,7 +255,8 @@ int model_load(struct model *m, const struct gguf_file *f, const struct model_co
                                  .q_head0 = p->q_heads[rank].begin, .n_head_l = shard_len(p->q_heads[rank]),
                                  .kv_head0 = p->kv_heads[rank].begin, .n_kv_l = shard_len(p->kv_heads[rank]),
                                  .ff0 = p->ff[rank].begin, .n_ff_l = shard_len(p->ff[rank]),
-                                 .vocab0 = p->vocab[rank].begin, .n_vocab_l = shard_len(p->vocab[rank])};
+                                 .vocab0 = p->vocab[rank].begin, .n_vocab_l = shard_len(p->vocab[rank]),
+                                 .o_granule = p->o_granule, .ff_granule = p->ff_unit};
     struct wspec *specs = NULL;
     int n = 0;
     void *stage = NULL;

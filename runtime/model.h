@@ -35,6 +35,7 @@ struct model_shard {
     int64_t kv_head0, n_kv_l;    /* first global KV head, local count */
     int64_t ff0, n_ff_l;         /* first FFN column, local count */
     int64_t vocab0, n_vocab_l;   /* first vocabulary row of the LM head, local count */
+    int64_t o_granule, ff_granule; /* reduction granules of attn_output / ffn_down (matmul_f64) */
 };
 
 struct model {

@@ -1,5 +1,5 @@
-/* tok_internal.h - the tokenizer's private state, shared by tokenizer.c, tok_spm.c, tok_bpe.c
- * and tok_unicode.c. Not part of the API: include runtime/tokenizer.h instead. */
+/* tok_internal.h - the tokenizer's private state, shared by tokenizer.c and the tok_*.c files.
+ * Not part of the API: include runtime/tokenizer.h instead. */
 #ifndef TPLLM_TOK_INTERNAL_H
 #define TPLLM_TOK_INTERNAL_H
 
@@ -86,6 +86,10 @@ static inline const char *tok_text(const struct tokenizer *t, int32_t id, size_t
     *n = (size_t)(t->text.off[id + 1] - t->text.off[id]);
     return t->text.blob + t->text.off[id];
 }
+
+/* Special tokens (tok_special.c): attribute fix-ups, eot/eom/fim guesses, end-of-generation
+ * set (sorted), and the longest-first special list with its trie. */
+int tok_special_setup(struct tokenizer *t);
 
 /* UTF-8 (tok_unicode.c) */
 /* Sequence length from the lead byte as llama.cpp's unicode_len_utf8: 1 for ASCII and stray

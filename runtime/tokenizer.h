@@ -45,7 +45,8 @@ void tokenizer_free(struct tokenizer *t);
 /* Tokenize text[0..len) exactly like llama_tokenize(text, add_special, parse_special):
  * add_special adds BOS (and EOS) when the metadata asks for it; parse_special turns the
  * texts of control tokens (e.g. "<start_of_turn>") into those tokens (user-defined tokens
- * are always matched). The text may be any bytes: invalid UTF-8 never fails.
+ * are always matched). The text may be any bytes: invalid UTF-8 never fails; texts over
+ * 512 MiB are refused (TP_EINVAL).
  * *n_out receives the token count. If it exceeds cap, nothing useful is written to out
  * (out may be NULL with cap 0 to ask for the size) and TP_EINVAL is returned. */
 int tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, bool add_special, bool parse_special,

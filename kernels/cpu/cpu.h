@@ -31,6 +31,9 @@ const char *cpu_simd_name(enum ksimd s);
 
 /* Op implementations (signatures of struct kops). */
 void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float *x, int64_t n_tok);
+void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const float *x, int64_t n_tok,
+                    int64_t granule);
+void cpu_reduce_f64(struct kbackend *b, float *y, const double *parts, int64_t n_parts, int64_t n);
 void cpu_get_rows(struct kbackend *b, float *out, const struct kmat *table, const int32_t *ids, int64_t n);
 void cpu_rmsnorm(struct kbackend *b, float *y, const float *x, const float *w, float w_offset,
                  int64_t n_rows, int64_t n, float eps);

@@ -31,6 +31,11 @@
 
 A5I float a5_h2f(uint16_t h) { return qb_fp16_to_f32(h); }
 
+/* Software prefetch of the weights 1 KiB ahead, as in dot_avx2.c. */
+A5I void a5_prefetch(const char *p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(p + 1024 + o, _MM_HINT_T0);
+}
+
 A5I float a5_hsum(__m512 v) {
     __m256 s = _mm256_add_ps(_mm512_castps512_ps256(v),
                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -126,7 +131,10 @@ A5I void w32_body(const bool q4, const void *w, int64_t n, const struct kact_row
     }
     const int64_t nb = n / 32;
     int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) w32_pair(q4, w, i, false, tk, NT, acc);
+    for (; i + 2 <= nb; i += 2) {
+        a5_prefetch((const char *)w + (size_t)i * (q4 ? 18 : 34), q4 ? 36 : 68);
+        w32_pair(q4, w, i, false, tk, NT, acc);
+    }
     if (i < nb) w32_pair(q4, w, i, true, tk, NT, acc);
     for (int k = 0; k < NT; k++) out[k] = a5_hsum(acc[k]);
 }
@@ -173,6 +181,7 @@ A5I void q4k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t i = 0; i < n / 256; i++) {
         const blk_q4_K *x = (const blk_q4_K *)w + i;
+        a5_prefetch((const char *)x, sizeof *x);
         const __m128i sm = a5_k4_scales(x->scales);
         uint8_t sc[16];
         _mm_storeu_si128((__m128i *)sc, sm);
@@ -215,6 +224,7 @@ A5I void q6k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t
                                                               2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
     for (int64_t i = 0; i < n / 256; i++) {
         const blk_q6_K *x = (const blk_q6_K *)w + i;
+        a5_prefetch((const char *)x, sizeof *x);
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
         const __m512i sc512 = _mm512_castsi256_si512(sc16);
         __m512i iacc[KDOT_NT];

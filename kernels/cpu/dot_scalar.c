@@ -9,7 +9,11 @@
  *   K x Q8_K:     d_w d_a * sum_g sc_g sum q_w q_a - dmin_w d_a * sum_g m_g bsum_g
  * Float weights: the float (F16/BF16: the widened) products summed in double, as
  * ggml's scalar ggml_vec_dot_f16/f32. */
-#pragma GCC optimize("fp-contract=off") /* the activation rounding must equal quant.c's */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF /* the activation rounding must equal quant.c's */
+#else
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 #include <math.h>
 

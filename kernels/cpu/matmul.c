@@ -19,23 +19,40 @@
 #include "simd_dot.h"
 
 /* Activations of this many bytes per task's token block are kept hot in L2. */
-enum { MM_L2_BUDGET = 192 * 1024, MM_MIN_ROWS = 16, MM_TASKS_PER_THREAD = 4 };
+enum { MM_L2_BUDGET = 256 * 1024, MM_MIN_ROWS = 16, MM_TASKS_PER_THREAD = 4, MM_MIN_TOK_BLOCK = 8 };
 
 /* ------------------------------------------------------------------ SIMD level */
 
-/* Best level of this CPU: AVX-512 needs F, BW, VL and VNNI (Ice Lake, Zen 4 and later);
- * AVX2 needs FMA and F16C as well. __builtin_cpu_supports also checks that the OS saves
- * the wider registers. */
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+/* The OS-enabled register state (XCR0): bits 1-2 SSE/AVX, 5-7 AVX-512. */
+static uint64_t mm_xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+#endif
+
+/* Best level of this CPU: AVX2 needs AVX2, FMA and F16C; AVX-512 also F, BW, VL and VNNI
+ * (Ice Lake, Zen 4 and later). Read from CPUID, and only where the OS saves the wider
+ * registers (XCR0). */
 enum ksimd cpu_simd_detect(void) {
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-        return KSIMD_AVX512;
-    if (avx2) return KSIMD_AVX2;
-#endif
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return KSIMD_SCALAR;
+    const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+    if (!osxsave || !avx || !fma || !f16c) return KSIMD_SCALAR;
+    const uint64_t xcr0 = mm_xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return KSIMD_SCALAR;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return KSIMD_SCALAR;
+    if (!(b & (1u << 5))) return KSIMD_SCALAR; /* AVX2 */
+    const bool f512 = b & (1u << 16), bw = b & (1u << 30), vl = b & (1u << 31), vnni = c & (1u << 11);
+    if (f512 && bw && vl && vnni && (xcr0 & 0xe6) == 0xe6) return KSIMD_AVX512;
+    return KSIMD_AVX2;
+#else
     return KSIMD_SCALAR;
+#endif
 }
 
 const char *cpu_simd_name(enum ksimd s) {
@@ -209,7 +226,7 @@ void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float 
             j.toks_per_task = (j.n_tok + qtasks - 1) / qtasks;
             run_tasks(c, mm_quant_task, &j, (j.n_tok + j.toks_per_task - 1) / j.toks_per_task);
         }
-        j.tok_block = TP_MAX((int64_t)KDOT_NT, (int64_t)(MM_L2_BUDGET / j.act.stride) / KDOT_NT * KDOT_NT);
+        j.tok_block = TP_MAX((int64_t)MM_MIN_TOK_BLOCK, (int64_t)(MM_L2_BUDGET / j.act.stride) / KDOT_NT * KDOT_NT);
         run_tasks(c, mm_rows_task, &j, n_tasks);
     }
     free(tmp);

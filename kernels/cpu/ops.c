@@ -206,7 +206,8 @@ static inline float gelu_ggml(float x) {
     if (x <= -10.0f) return 0.0f;
     if (x >= 10.0f) return x;
     float f = fp16_to_f32(f32_to_fp16(x));
-    float y = 0.5f * f * (1.0f + tanhf(GELU_C * f * (1.0f + GELU_A * f * f)));
+    /* llama.cpp builds its table with FMA contraction: 1 + A x x is one fused operation */
+    float y = 0.5f * f * (1.0f + tanhf(GELU_C * f * fmaf(GELU_A * f, f, 1.0f)));
     return fp16_to_f32(f32_to_fp16(y));
 }
 

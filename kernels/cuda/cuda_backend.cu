@@ -85,7 +85,14 @@ void cuda_mem_free(struct cuda_backend *cb, void *p) {
 int cuda_kernel_check(struct cuda_backend *cb, const void *func, int threads, size_t dyn_smem, const char *name,
                       tp_err *e) {
     cudaFuncAttributes a;
-    CUDA_TRY(e, cudaFuncGetAttributes(&a, func));
+    const cudaError_t err = cudaFuncGetAttributes(&a, func);
+    if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidDeviceFunction) {
+        (void)cudaGetLastError();
+        return tp_errf(e, TP_EUNSUPPORTED, "cuda backend: this build has no kernels for %s (sm_%d%d); rebuild with "
+                       "-DTPLLM_CUDA_ARCHS=%d%d (or use --backend cpu)", cb->dev_name, cb->cc_major, cb->cc_minor,
+                       cb->cc_major, cb->cc_minor);
+    }
+    if (err != cudaSuccess) return cuda_fail(e, err, "cudaFuncGetAttributes", __FILE__, __LINE__);
     if (threads > a.maxThreadsPerBlock)
         return tp_errf(e, TP_EUNSUPPORTED, "cuda backend: kernel %s needs %d threads per block but %s (sm_%d%d) "
                        "allows it %d (%d registers per thread); this build does not fit the device",
@@ -179,6 +186,8 @@ const struct kops cuda_ops = {
     .download = op_download,
     .sync = op_sync,
     .matmul = cuda_matmul,
+    .matmul_f64 = cuda_matmul_f64,
+    .reduce_f64 = cuda_reduce_f64,
     .get_rows = cuda_get_rows,
     .rmsnorm = cuda_rmsnorm,
     .rope = cuda_rope,
@@ -255,6 +264,7 @@ int kbackend_cuda_create(struct kbackend **out, const struct kbackend_opts *o, t
     int rc = cuda_backend_open(cb, e);
     if (!rc) rc = cuda_matmul_init(cb, e);
     if (!rc) rc = cuda_dequant_init(cb, e);
+    if (!rc) rc = cuda_matmul_f64_init(cb, e);
     if (!rc) rc = cuda_ops_init(cb, e);
     if (!rc) rc = cuda_attention_init(cb, e);
     if (!rc) rc = cuda_topk_init(cb, e);

@@ -49,8 +49,8 @@ struct cuda_backend {
     float *act_s;    /* [max_tokens][max_in/32] Q8_1's d * sum(q), fp16-rounded */
     int16_t *act_bs; /* [max_tokens][max_in/16] Q8_K's sums of 16 quants */
     void *act_h;     /* [max_tokens][max_in] 16-bit activations (F16, BF16, cuBLAS input) */
-    void *w_tile;    /* [tile_rows][max_in] f16 dequantized weight rows for cuBLAS */
-    int64_t tile_rows;
+    void *w_tile;    /* tile_elems f16 values: dequantized weight rows for cuBLAS */
+    int64_t tile_elems;
     void *blas_ws; /* cuBLAS workspace */
     size_t blas_ws_bytes;
 
@@ -87,6 +87,7 @@ int cuda_kernel_check(struct cuda_backend *cb, const void *func, int threads, si
 /* Per-file creation steps: scratch allocation and launch-limit checks of the file's kernels. */
 int cuda_matmul_init(struct cuda_backend *cb, tp_err *e);
 int cuda_dequant_init(struct cuda_backend *cb, tp_err *e);
+int cuda_matmul_f64_init(struct cuda_backend *cb, tp_err *e);
 int cuda_ops_init(struct cuda_backend *cb, tp_err *e);
 int cuda_attention_init(struct cuda_backend *cb, tp_err *e);
 int cuda_topk_init(struct cuda_backend *cb, tp_err *e);
@@ -106,6 +107,9 @@ void cuda_dequant_rows_f16(struct cuda_backend *cb, __half *out, const struct km
 
 /* Op implementations (signatures of struct kops). */
 void cuda_matmul(struct kbackend *b, float *y, const struct kmat *w, const float *x, int64_t n_tok);
+void cuda_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const float *x, int64_t n_tok,
+                     int64_t granule);
+void cuda_reduce_f64(struct kbackend *b, float *y, const double *parts, int64_t n_parts, int64_t n);
 void cuda_get_rows(struct kbackend *b, float *out, const struct kmat *table, const int32_t *ids, int64_t n);
 void cuda_rmsnorm(struct kbackend *b, float *y, const float *x, const float *w, float w_offset,
                   int64_t n_rows, int64_t n, float eps);

@@ -25,13 +25,14 @@
  * Prompts (n_tok > CUDA_MATVEC_MAX_TOK): cuBLAS GemmEx with f32 output and f32 compute.
  * F32, F16 and BF16 weights are used in place (activations converted to the weight's
  * format as above, so products are exact in f32, like the CPU). Quantized weights are
- * dequantized to f16 tiles of tile_rows rows and the activations go through the same
+ * dequantized to f16 tiles of up to 64 MiB and the activations go through the same
  * q8 quantization as the CPU and are then expanded to f16: the difference to the CPU is
  * the f16 rounding of both operands (relative 2^-11 each, random sign). */
 #include "cuda_internal.cuh"
 #include "quant_blocks.cuh"
 
 #include <limits.h>
+#include <stdio.h>
 
 namespace {
 
@@ -316,24 +317,10 @@ mv_float_kernel(float *__restrict__ y, const uint8_t *__restrict__ w, size_t row
 
 /* ---- host side ---- */
 
-act_fmt act_fmt_of(enum dtype t) {
-    switch (t) {
-    case DTYPE_F32: return AF_F32;
-    case DTYPE_F16: return AF_F16;
-    case DTYPE_BF16: return AF_BF16;
-    case DTYPE_Q4_1:
-    case DTYPE_Q5_1: return AF_Q8_1;
-    case DTYPE_Q2_K:
-    case DTYPE_Q3_K:
-    case DTYPE_Q4_K:
-    case DTYPE_Q5_K:
-    case DTYPE_Q6_K: return AF_Q8_K;
-    default: return AF_Q8_0;
-    }
-}
+} // namespace
 
 /* Queue the conversion of x [n_tok][n_in] to format af in the scratch buffers. */
-void convert_activations(cuda_backend *cb, act_fmt af, const float *x, int64_t n_tok, int64_t n_in) {
+void cuda_convert_activations(cuda_backend *cb, act_fmt af, const float *x, int64_t n_tok, int64_t n_in) {
     const int64_t n = n_tok * n_in;
     switch (af) {
     case AF_F32: return;
@@ -363,6 +350,8 @@ void convert_activations(cuda_backend *cb, act_fmt af, const float *x, int64_t n
     }
     CUDA_LAUNCHED(cb);
 }
+
+namespace {
 
 /* Launches mv_quant_kernel<T, n_tok> (n_tok in 1..CUDA_MATVEC_MAX_TOK). */
 struct mv_quant_launch {
@@ -431,7 +420,7 @@ void matmul_quant(cuda_backend *cb, float *y, const kmat *w, int64_t n_tok, act_
     if (af == AF_Q8_K) q8_to_f16_kernel<true><<<cuda_grid_1d(n, QUANT_THREADS), QUANT_THREADS, 0, cb->stream>>>(xh, cb->act_q, cb->act_d, n);
     else q8_to_f16_kernel<false><<<cuda_grid_1d(n, QUANT_THREADS), QUANT_THREADS, 0, cb->stream>>>(xh, cb->act_q, cb->act_d, n);
     CUDA_LAUNCHED(cb);
-    const int64_t tile = TP_MAX((int64_t)1, TP_MIN(cb->tile_rows, (int64_t)(TILE_BYTES / 2 / (size_t)w->n_in)));
+    const int64_t tile = cb->tile_elems / w->n_in; /* >= 64: the tile holds 64 rows of max_in */
     __half *wt = static_cast<__half *>(cb->w_tile);
     for (int64_t o0 = 0; o0 < w->n_out; o0 += tile) {
         const int64_t rows = TP_MIN(tile, w->n_out - o0);
@@ -474,6 +463,39 @@ int alloc_scratch(cuda_backend *cb, void **p, size_t bytes, const char *what, tp
 
 } // namespace
 
+/* Checks shared by matmul and matmul_f64; records EINVAL and returns false on a violation. */
+bool cuda_matmul_args_ok(cuda_backend *cb, const struct kmat *w, const float *x, int64_t n_tok, const char *op) {
+    const dtype_info *di = dtype_get(w->type);
+    if (!di || !dtype_supported(w->type)) {
+        cuda_op_failf(cb, TP_EINVAL, __FILE__, __LINE__, "%s: weight type %s is not supported by the CUDA backend", op,
+                      dtype_name(w->type));
+        return false;
+    }
+    const char *why = NULL;
+    char buf[256];
+    if (w->n_in % di->block_size != 0) {
+        snprintf(buf, sizeof buf, "row of %lld elements is not a whole number of %s blocks", (long long)w->n_in, di->name);
+        why = buf;
+    } else if (w->row_stride < dtype_row_bytes(w->type, w->n_in)) {
+        snprintf(buf, sizeof buf, "row stride %zu is shorter than a row of %lld %s elements", w->row_stride,
+                 (long long)w->n_in, di->name);
+        why = buf;
+    } else if (n_tok > cb->opts.max_tokens || w->n_in > cb->opts.max_in) {
+        snprintf(buf, sizeof buf, "%lld tokens x %lld inputs exceed the backend's scratch (max_tokens %lld, max_in "
+                 "%lld); create the backend with larger limits", (long long)n_tok, (long long)w->n_in,
+                 (long long)cb->opts.max_tokens, (long long)cb->opts.max_in);
+        why = buf;
+    } else if ((((uintptr_t)w->data | w->row_stride) & (w->type == DTYPE_F32 ? 3u : 1u)) != 0) {
+        snprintf(buf, sizeof buf, "%s weights at %p with row stride %zu are misaligned", di->name, w->data, w->row_stride);
+        why = buf;
+    } else if (((uintptr_t)x & 3) != 0) {
+        snprintf(buf, sizeof buf, "input %p is not float-aligned", (const void *)x);
+        why = buf;
+    }
+    if (why) cuda_op_failf(cb, TP_EINVAL, __FILE__, __LINE__, "%s: %s", op, why);
+    return why == NULL;
+}
+
 /* y: [n_tok][n_out], x: [n_tok][n_in], W: device memory; n_tok <= opts.max_tokens and
  * n_in <= opts.max_in (the scratch bounds; violations are recorded as EINVAL). An empty
  * input (n_in == 0) gives zeros. */
@@ -484,25 +506,9 @@ void cuda_matmul(struct kbackend *b, float *y, const struct kmat *w, const float
         CUDA_OP(cb, cudaMemsetAsync(y, 0, (size_t)n_tok * (size_t)w->n_out * sizeof(float), cb->stream));
         return;
     }
-    const dtype_info *di = dtype_get(w->type);
-    CUDA_REQUIRE(cb, di && dtype_supported(w->type), "matmul: weight type %s is not supported by the CUDA backend",
-                 dtype_name(w->type));
-    CUDA_REQUIRE(cb, w->n_in % di->block_size == 0, "matmul: row of %lld elements is not a whole number of %s blocks",
-                 (long long)w->n_in, di->name);
-    CUDA_REQUIRE(cb, w->row_stride >= dtype_row_bytes(w->type, w->n_in),
-                 "matmul: row stride %zu is shorter than a row of %lld %s elements", w->row_stride, (long long)w->n_in,
-                 di->name);
-    CUDA_REQUIRE(cb, n_tok <= cb->opts.max_tokens && w->n_in <= cb->opts.max_in,
-                 "matmul: %lld tokens x %lld inputs exceed the backend's scratch (max_tokens %lld, max_in %lld); "
-                 "create the backend with larger limits", (long long)n_tok, (long long)w->n_in,
-                 (long long)cb->opts.max_tokens, (long long)cb->opts.max_in);
-    const uintptr_t align = w->type == DTYPE_F32 ? 3 : 1;
-    CUDA_REQUIRE(cb, (((uintptr_t)w->data | w->row_stride) & align) == 0,
-                 "matmul: %s weights at %p with row stride %zu are misaligned", di->name, w->data, w->row_stride);
-    CUDA_REQUIRE(cb, ((uintptr_t)x & 3) == 0, "matmul: input %p is not float-aligned", (const void *)x);
-
+    if (!cuda_matmul_args_ok(cb, w, x, n_tok, "matmul")) return;
     const act_fmt af = act_fmt_of(w->type);
-    convert_activations(cb, af, x, n_tok, w->n_in);
+    cuda_convert_activations(cb, af, x, n_tok, w->n_in);
     if (cb->err.code) return;
     if (af == AF_F32 || af == AF_F16 || af == AF_BF16) matmul_float(cb, y, w, x, n_tok, af);
     else matmul_quant(cb, y, w, n_tok, af);
@@ -522,8 +528,9 @@ int cuda_matmul_init(struct cuda_backend *cb, tp_err *e) {
     if ((rc = alloc_scratch(cb, (void **)&cb->act_bs, elems / 16 * sizeof(int16_t), "activation block sums", e))) return rc;
     if ((rc = alloc_scratch(cb, &cb->act_h, elems * 2, "16-bit activations", e))) return rc;
     if (N > 0) {
-        cb->tile_rows = TP_MAX((int64_t)64, (int64_t)(TILE_BYTES / 2 / (size_t)N) / 64 * 64);
-        if ((rc = alloc_scratch(cb, &cb->w_tile, (size_t)cb->tile_rows * (size_t)N * 2, "f16 weight tile", e))) return rc;
+        const int64_t rows = TP_MAX((int64_t)64, (int64_t)(TILE_BYTES / 2 / (size_t)N) / 64 * 64);
+        cb->tile_elems = rows * N;
+        if ((rc = alloc_scratch(cb, &cb->w_tile, (size_t)cb->tile_elems * 2, "f16 weight tile", e))) return rc;
     }
     cb->blas_ws_bytes = BLAS_WS_BYTES;
     if ((rc = alloc_scratch(cb, &cb->blas_ws, cb->blas_ws_bytes, "cuBLAS workspace", e))) return rc;

@@ -39,6 +39,32 @@ extern "C" {
 
 enum act_fmt { AF_F32, AF_F16, AF_BF16, AF_Q8_0, AF_Q8_1, AF_Q8_K };
 
+/* The activation format of weight type t's dot product (kernels/cpu/matmul.c's kact_fmt_of). */
+static inline act_fmt act_fmt_of(enum dtype t) {
+    switch (t) {
+    case DTYPE_F32: return AF_F32;
+    case DTYPE_F16: return AF_F16;
+    case DTYPE_BF16: return AF_BF16;
+    case DTYPE_Q4_1:
+    case DTYPE_Q5_1: return AF_Q8_1;
+    case DTYPE_Q2_K:
+    case DTYPE_Q3_K:
+    case DTYPE_Q4_K:
+    case DTYPE_Q5_K:
+    case DTYPE_Q6_K: return AF_Q8_K;
+    default: return AF_Q8_0;
+    }
+}
+
+struct cuda_backend;
+struct kmat;
+/* Queue the conversion of x [n_tok][n_in] (device) into the backend's activation scratch
+ * in format af (F32: nothing to do); failures go to the sticky error (matmul.cu). */
+void cuda_convert_activations(struct cuda_backend *cb, act_fmt af, const float *x, int64_t n_tok, int64_t n_in);
+/* Argument checks shared by matmul and matmul_f64 (type, shape, scratch bounds, alignment);
+ * records EINVAL naming `op` and returns false on a violation (matmul.cu). */
+bool cuda_matmul_args_ok(struct cuda_backend *cb, const struct kmat *w, const float *x, int64_t n_tok, const char *op);
+
 /* Geometry per weight type: QK elements and TS bytes per block, UPB units per block. */
 template <int T> struct qtraits;
 #define QTRAITS(T_, QK_, TS_, AF_)                                                          \

@@ -15,7 +15,7 @@ struct comm_dev {
     struct comm c;
     struct comm *mpi;        /* borrowed MPI communicator over the same ranks */
     int device;              /* CUDA ordinal */
-    cudaStream_t own_stream; /* created here; the default stream of the collectives */
+    cudaStream_t own_stream; /* created here (blocking); the default stream of the collectives */
     cudaStream_t stream;     /* where collectives are queued: own_stream or comm_set_stream's */
     cudaEvent_t ev_start;    /* recorded before a collective (timing) */
     cudaEvent_t ev_done;     /* recorded after it: polled for completion */
@@ -28,6 +28,8 @@ struct comm_dev {
 
 static inline struct comm_dev *comm_dev_of(struct comm *c) { return (struct comm_dev *)c; }
 
+/* 0 when mpi is a healthy MPI communicator (what device transports build on). */
+int comm_dev_check_mpi(const struct comm *mpi, const char *fn, tp_err *e);
 /* The local half of creation: validate mpi, copy its topology, resolve the timeout, select
  * the device, create the stream and events. No collective; on failure *out is NULL. */
 int comm_dev_alloc(struct comm_dev **out, const struct comm_ops *ops, struct comm *mpi, int device,
@@ -35,26 +37,32 @@ int comm_dev_alloc(struct comm_dev **out, const struct comm_ops *ops, struct com
 /* Release what comm_dev_alloc and the transports made (CUDA resources are leaked on
  * purpose when d is broken: the device may be hung), then d. */
 void comm_dev_release(struct comm_dev *d);
-/* Every rank agrees on creation's outcome over mpi (comm_any_error); a rank whose e is
- * empty learns which rank failed. Returns the common status. */
-int comm_dev_agree(struct comm_dev *d, int local_status, tp_err *e);
+/* ops->set_stream of both transports. */
+void comm_dev_set_stream(struct comm *c, void *cuda_stream);
+/* ops->barrier of both transports: a host barrier on mpi. */
+int comm_dev_barrier(struct comm *c, tp_err *e);
 
 /* Whether p is device memory (cudaMemoryTypeDevice or Managed); host otherwise. */
 bool comm_dev_is_device_ptr(const void *p);
+/* All-gather buffers: both device (*device = true) or both host; TP_EINVAL if mixed. */
+int comm_dev_kinds(const void *send, const void *recv, size_t bytes, bool *device, tp_err *e);
 
 /* Break d (comm_break's message, "rank R on host H: ..."), aborting its NCCL communicator. */
 int comm_dev_break(struct comm_dev *d, tp_err *e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* A CUDA runtime call failed during `what`: break d with the call, file:line and error. */
 int comm_dev_cuda_fail(struct comm_dev *d, tp_err *e, cudaError_t err, const char *call, const char *what,
                        const char *file, int line);
+/* An NCCL call or NCCL's asynchronous state reported r during `what`: break d with
+ * ncclGetErrorString and ncclGetLastError. */
+int comm_dev_nccl_fail(struct comm_dev *d, tp_err *e, ncclResult_t r, const char *what);
 #define COMM_CUDA_TRY(d, e, what, call)                                                                     \
     do {                                                                                                    \
         cudaError_t err_ = (call);                                                                          \
         if (err_ != cudaSuccess) return comm_dev_cuda_fail((d), (e), err_, #call, (what), __FILE__, __LINE__); \
     } while (0)
 
-/* What a poll step found: done, not yet, or failed (d broken, e filled). */
-enum { COMM_POLL_FAILED = -1, COMM_POLL_PENDING = 0, COMM_POLL_DONE = 1 };
+/* What a poll step found: done, not yet, or (a negative status) failed with d broken. */
+enum { COMM_POLL_PENDING = 0, COMM_POLL_DONE = 1 };
 typedef int (*comm_dev_probe)(struct comm_dev *d, void *arg, const char *what, tp_err *e);
 /* Call probe with the MPI transport's backoff (spin, yield, sleep 10 us..1 ms; peers'
  * queries answered while sleeping) until it is done or fails, or until d's timeout: then

@@ -135,6 +135,21 @@ def make_bpe(texts):
         if a + b not in seen:
             seen.add(a + b)
             tokens.append(a + b)
+    # Merges that join unusual whitespace-like characters (U+0085 and U+00A0 are \s for
+    # llama.cpp, U+180E and U+200B are not) with neighbouring punctuation: the token ids
+    # then show on which side of a pre-tokenizer split each character falls.
+    for ch in ("\u0085", "\u00a0", "\u180e", "\u200b", "\u3000", "\u2028", "\ufeff"):
+        enc = [b2u[b] for b in ch.encode("utf-8")]
+        acc = enc[0]
+        for nxt in enc[1:]:
+            merges.append((acc, nxt))
+            acc += nxt
+        merges.append((acc, "!"))
+        merges.append(("!", acc))
+    for a, b in merges:
+        if a + b not in seen:
+            seen.add(a + b)
+            tokens.append(a + b)
     # Whole words the merges do not build: only pre-tokenizers with ignore_merges (llama3)
     # emit them as one token.
     for word in (" supercalifragilisticexpialidocious", " Ishmael", " Universe", "HELLO"):

@@ -38,6 +38,24 @@ def model_path(name, spec, tpllm, workdir):
     return out
 
 
+def greedy_and_tf(path, threads, flash, ids, tf):
+    """llama.cpp's 32 greedy tokens after ids and its logits over the teacher-forced tf."""
+    llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=threads, logits_all=True,
+                          verbose=False, seed=0, flash_attn=flash)
+    llm.eval(ids)
+    greedy, margins = [], []
+    row = np.array(llm.scores[len(ids) - 1])
+    for _ in range(32):
+        o = np.argsort(-row, kind="stable")[:2]
+        greedy.append(int(o[0]))
+        margins.append(float(row[o[0]] - row[o[1]]))
+        llm.eval([int(o[0])])
+        row = np.array(llm.scores[llm.n_tokens - 1])
+    llm.reset()
+    llm.eval(tf)
+    return greedy, margins, np.array(llm.scores[: len(tf)], dtype=np.float32)
+
+
 def record(name, path, threads):
     llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=threads, logits_all=True,
                           verbose=False, seed=0)
@@ -66,7 +84,14 @@ def record(name, path, threads):
     order = np.argsort(-sc, axis=1, kind="stable")[:, :2]
     tf_argmax = order[:, 0].tolist()
     tf_margin = (sc[np.arange(len(tf)), order[:, 0]] - sc[np.arange(len(tf)), order[:, 1]]).tolist()
+    # llama.cpp's own numerical spread: its flash-attention path on the same inputs. Where
+    # its two paths disagree on the top token, the top token is a numerical tie.
+    g_fa, _, sc_fa = greedy_and_tf(path, threads, True, ids, tf)
+    _, g_margin, _ = greedy_and_tf(path, threads, False, ids, tf)
+    tf_noise = np.abs(sc_fa - sc).max(axis=1).tolist()
+    tf_argmax_fa = np.argmax(sc_fa, axis=1).tolist()
     return {
+        "greedy_fa": g_fa, "greedy_margin": g_margin, "tf_noise": tf_noise, "tf_argmax_fa": tf_argmax_fa,
         "model": name, "sha256": sha256(path), "n_vocab": n_vocab, "prompt": prompt, "prompt_ids": ids,
         "last_top_ids": top.tolist(), "last_top_logits": last[top].tolist(),
         "last_probe_ids": probe.tolist(), "last_probe_logits": last[probe].tolist(),

@@ -18,7 +18,7 @@ models=()
 if [ -f "$gemma" ]; then models+=("$gemma"); else echo "note: $gemma absent (make models): Gemma case skipped"; fi
 "$bin" synth --arch llama --dim 320 --layers 2 --heads 5 --kv-heads 5 --ff 864 --vocab 1000 --type q8_0 --seed 3 -o "$work/heads5.gguf"
 "$bin" synth --arch llama --dim 256 --layers 2 --heads 4 --kv-heads 2 --head-dim 256 --ff 768 --vocab 1000 --type q4_k --seed 4 -o "$work/q4k.gguf"
-"$bin" synth --arch qwen2 --dim 192 --layers 2 --heads 6 --kv-heads 2 --ff 544 --vocab 1000 --type q4_0 --seed 5 -o "$work/qwen2.gguf"
+"$bin" synth --arch qwen2 --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 544 --vocab 1000 --type q4_0 --seed 5 -o "$work/qwen2.gguf"
 models+=("$work/heads5.gguf" "$work/q4k.gguf" "$work/qwen2.gguf")
 
 fail=0

@@ -6,7 +6,9 @@
  *    multi-threaded sum over a 1 GiB buffer, for each thread count.
  * 2. Matrix x vector (decode) for each weight type on a matrix of n_in = 14336 columns and
  *    enough rows to hold >= --mib MiB of weights (far past the last-level cache): GB/s of
- *    weight bytes read, and that as a % of the measured bandwidth at the same thread count.
+ *    weight bytes read, and that as a % of the measured bandwidth at the same thread count;
+ *    also as a % of a plain sum over the same weight buffer timed just before (the ceiling
+ *    at that moment, which is what counts on a machine shared with other work).
  * 3. Batched matrix x matrix (prefill) on a 4096 x 4096 matrix, n_tok = 64 and 512: GFLOP/s
  *    (2 * n_out * n_in * n_tok per call).
  * Every timed result is checked: a few outputs are recomputed with the scalar kernels
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kernels/cpu/cpu.h"
 #include "kernels/quant.h"
@@ -183,6 +186,27 @@ static double check_rows(struct kbackend *scalar, const struct kmat *w, const fl
 
 /* ------------------------------------------------------------------ main */
 
+/* The first line of `path` that starts with `key` (without the key), or "" . */
+static void read_line(const char *path, const char *key, char *out, size_t n) {
+    out[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, strlen(key))) {
+            snprintf(out, n, "%s", line + strlen(key));
+            out[strcspn(out, "\n")] = 0;
+            break;
+        }
+    fclose(f);
+}
+
+static void print_load(const char *when) {
+    char load[128];
+    read_line("/proc/loadavg", "", load, sizeof load);
+    printf("# load average %s: %s\n", when, load[0] ? load : "unknown");
+}
+
 static int parse_list(const char *s, int *out, int max) {
     int n = 0;
     while (*s && n < max) {
@@ -247,7 +271,11 @@ int main(int argc, char **argv) {
         }
     }
     const enum ksimd simd = cpu_simd_detect();
-    printf("# bench_kernels: simd %s\n", cpu_simd_name(simd));
+    char model[256];
+    read_line("/proc/cpuinfo", "model name\t: ", model, sizeof model);
+    printf("# bench_kernels: cpu %s, %ld logical cpus, simd %s\n", model[0] ? model : "unknown",
+           sysconf(_SC_NPROCESSORS_ONLN), cpu_simd_name(simd));
+    print_load("at start");
 
     /* 1. bandwidth */
     double bw[8] = {0};
@@ -275,7 +303,8 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < 512 * n_in; i++) x[i] = rng_normal(&seed);
 
     /* 2. matrix x vector */
-    printf("\n| type | matrix | MiB | threads | ms | GB/s | %% of read bw |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    printf("\n| type | matrix | MiB | threads | ms | GB/s | %% of read bw | %% of same-buffer bw |\n"
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (int k = 0; k < n_types; k++) {
         const enum dtype t = types[k];
         const size_t row = dtype_row_bytes(t, n_in);
@@ -291,13 +320,15 @@ int main(int argc, char **argv) {
         struct kmat w = {.data = wbuf, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = row};
         for (int th = 0; th < n_thr; th++) {
             struct kbackend *b = make_backend(threads[th], -1, 512, n_in);
+            /* the same bytes summed just before: the ceiling under the machine's current load */
+            double bw_now = measure_bandwidth(wbuf, bytes / 4096 * 4096, threads[th], 4);
             double s = time_matmul(b, y, &w, x, 1, 1.0, 5);
             int64_t rows[3] = {0, n_out / 2, n_out - 1};
             double err = check_rows(scalar, &w, x, y, 1, rows, 3, 0);
             double gbs = (double)bytes / s / 1e9;
-            printf("| %s | %lld x %lld | %.0f | %d | %.2f | %.1f | %.0f%% |%s\n", dtype_name(t), (long long)n_out,
-                   (long long)n_in, (double)bytes / (1 << 20), threads[th], s * 1e3, gbs, 100 * gbs / bw[th],
-                   err > 1e-4 ? " CHECK FAILED" : "");
+            printf("| %s | %lld x %lld | %.0f | %d | %.2f | %.1f | %.0f%% | %.0f%% |%s\n", dtype_name(t),
+                   (long long)n_out, (long long)n_in, (double)bytes / (1 << 20), threads[th], s * 1e3, gbs,
+                   100 * gbs / bw[th], 100 * gbs / bw_now, err > 1e-4 ? " CHECK FAILED" : "");
             fflush(stdout);
             if (err > 1e-4) bad++;
             kbackend_free(b);
@@ -336,6 +367,7 @@ int main(int argc, char **argv) {
             free(y);
         }
     }
+    print_load("at end");
     kbackend_free(scalar);
     free(x);
     if (bad) fprintf(stderr, "bench_kernels: %d results disagree with the scalar kernels\n", bad);

@@ -11,6 +11,9 @@
  *    sum_i (|w_i| + |min term_i|) |a_i|, a = the quantized activations), so
  *    |gpu - cpu| <= (n_in/8 + 64) 2^-23 S. A single wrong element moves the result by
  *    about S / n_in, far above this.
+ *  - matmul_f64: per granule as the decode path, so (granule/8 + 64) 2^-23 S; and the
+ *    partial sums of two column slices add up to the whole row's within double rounding
+ *    (2^-40 S), which is the property tensor parallelism relies on. reduce_f64: identical.
  *  - matmul, cuBLAS path (n_tok > 8): quantized weights and the q8 activations are
  *    rounded to f16 (error <= 2^-11 (|v| + 2^-14) each, subnormals included), products
  *    are exact in f32 and summed in f32: add 2^-10 1.01 sum_i (|w_i| + 2^-14)(|a_i| + 2^-14)
@@ -360,6 +363,104 @@ Test(cuda_ops, matmul_matches_cpu_for_every_weight_type_decode_and_prompt) {
         check_matmul(g, c, &r, t, 1, unit, 0, 0, 3);
         if (bs == 1) check_matmul(g, c, &r, t, 9, 333, 1, 2, 4); /* odd lengths: the scalar loads */
     }
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+/* matmul_f64 of a random (sliced) weight on both backends; then the same on two column
+ * slices at a granule boundary, whose partial sums must add up to the whole row's. */
+static void check_matmul_f64(struct kbackend *g, struct kbackend *c, tu_rng *r, enum dtype t, int64_t n_out,
+                             int64_t n_in, int64_t granule, int64_t n_tok) {
+    struct wmat w;
+    const int64_t bs = dtype_get(t)->block_size;
+    wmat_make(&w, r, t, n_out, n_in, bs == 1 ? 1 : bs, 0);
+    const size_t ny = (size_t)(n_tok * n_out);
+    float *x = rand_floats(r, (size_t)(n_tok * n_in), -2.0f, 2.0f);
+    double *yc = xmalloc(ny * sizeof(double)), *yg = xmalloc(ny * sizeof(double));
+    double *y1 = xmalloc(ny * sizeof(double)), *y2 = xmalloc(ny * sizeof(double));
+    c->ops->matmul_f64(c, yc, &w.m, x, n_tok, granule);
+
+    uint8_t *dw = dev_copy(g, w.buf, w.bytes);
+    float *dx = dev_copy(g, x, (size_t)(n_tok * n_in) * sizeof(float));
+    double *dy = g->ops->alloc(g, ny * sizeof(double));
+    struct kmat mg = w.m;
+    mg.data = dw + ((const uint8_t *)w.m.data - w.buf);
+    g->ops->matmul_f64(g, dy, &mg, dx, n_tok, granule);
+    gpu_ok(g, "matmul_f64");
+    dev_get(g, yg, dy, ny * sizeof(double));
+
+    /* the same columns as two slices: [0, k) and [k, n_in), k a granule boundary */
+    const int64_t k = (n_in / granule / 2) * granule;
+    float *xs = xmalloc((size_t)(n_tok * n_in) * sizeof(float));
+    float *dxs = g->ops->alloc(g, (size_t)(n_tok * n_in) * sizeof(float));
+    for (int part = 0; part < 2; part++) {
+        const int64_t c0 = part ? k : 0, cn = part ? n_in - k : k;
+        for (int64_t tk = 0; tk < n_tok; tk++) memcpy(xs + tk * cn, x + tk * n_in + c0, (size_t)cn * sizeof(float));
+        g->ops->upload(g, dxs, xs, (size_t)(n_tok * cn) * sizeof(float));
+        struct kmat ms = mg;
+        ms.data = (const uint8_t *)mg.data + dtype_row_bytes(t, c0);
+        ms.n_in = cn;
+        g->ops->matmul_f64(g, dy, &ms, dxs, n_tok, granule);
+        dev_get(g, part ? y2 : y1, dy, ny * sizeof(double));
+    }
+
+    const enum dtype vt = vec_dot_type(t);
+    uint8_t *aq = xmalloc(dtype_row_bytes(vt, n_in) + 64);
+    float *a = xmalloc((size_t)n_in * sizeof *a);
+    for (int64_t tk = 0; tk < n_tok; tk++) {
+        quant_quantize_row(vt, x + tk * n_in, aq, n_in);
+        quant_dequantize_row(vt, aq, a, n_in);
+        for (int64_t o = 0; o < n_out; o++) {
+            double sm = 0;
+            for (int64_t i = 0; i < n_in; i++) sm += (double)w.mag[o * n_in + i] * fabs((double)a[i]);
+            const size_t at = (size_t)(tk * n_out + o);
+            const double tol = ((double)granule / 8 + 64) * 0x1p-23 * sm;
+            cr_assert(fabs(yg[at] - yc[at]) <= tol, "matmul_f64 %s granule %lld: y[%lld][%lld] gpu %.12g cpu %.12g",
+                      dtype_name(t), (long long)granule, (long long)tk, (long long)o, yg[at], yc[at]);
+            cr_assert(fabs(yg[at] - (y1[at] + y2[at])) <= 0x1p-40 * sm,
+                      "matmul_f64 %s: slices %.17g + %.17g != whole %.17g", dtype_name(t), y1[at], y2[at], yg[at]);
+        }
+    }
+    g->ops->free(g, dw);
+    g->ops->free(g, dx);
+    g->ops->free(g, dxs);
+    g->ops->free(g, dy);
+    void *host[] = {x, xs, yc, yg, y1, y2, aq, a};
+    for (size_t i = 0; i < TP_ARRAY_LEN(host); i++) free(host[i]);
+    wmat_free(&w);
+}
+
+Test(cuda_ops, matmul_f64_matches_cpu_and_its_slices_add_up_to_the_whole) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    const int64_t toks[] = {1, 3, 11};
+    for (size_t i = 0; i < TP_ARRAY_LEN(wtypes); i++) {
+        const enum dtype t = wtypes[i];
+        for (size_t k = 0; k < TP_ARRAY_LEN(toks); k++) check_matmul_f64(g, c, &r, t, 37, 2048, 512, toks[k]);
+        check_matmul_f64(g, c, &r, t, 5, 1536, 256, 2);
+    }
+    kbackend_free(g);
+    kbackend_free(c);
+}
+
+Test(cuda_ops, reduce_f64_is_bit_identical_to_cpu) {
+    struct kbackend *g = gpu_new(), *c = cpu_new();
+    tu_rng r = rng_new();
+    const int64_t n = 1000, parts = 3;
+    double *p = xmalloc((size_t)(n * parts) * sizeof(double));
+    for (int64_t i = 0; i < n * parts; i++) p[i] = (double)tu_uniform(&r, -1e3f, 1e3f) * (1.0 + 1e-9 * (double)i);
+    float *yc = xmalloc((size_t)n * sizeof(float)), *yg = xmalloc((size_t)n * sizeof(float));
+    double *dp = dev_copy(g, p, (size_t)(n * parts) * sizeof(double));
+    float *dy = g->ops->alloc(g, (size_t)n * sizeof(float));
+    c->ops->reduce_f64(c, yc, p, parts, n);
+    g->ops->reduce_f64(g, dy, dp, parts, n);
+    dev_get(g, yg, dy, (size_t)n * sizeof(float));
+    cr_assert(memcmp(yc, yg, (size_t)n * sizeof(float)) == 0, "reduce_f64 differs");
+    g->ops->free(g, dp);
+    g->ops->free(g, dy);
+    free(p);
+    free(yc);
+    free(yg);
     kbackend_free(g);
     kbackend_free(c);
 }

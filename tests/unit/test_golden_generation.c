@@ -2,7 +2,15 @@
  * tests/golden/make_generation_golden.py with llama-cpp-python): prompt tokens, last-position
  * logits, 32 greedy tokens, top-1 at every position of a 256-token teacher-forced sequence,
  * and Gemma 3 270M's perplexity within 1%. One rank (tp = 1) in-process; the multi-rank
- * comparison is tests/mpi/test_golden_tp.sh. */
+ * comparison is tests/mpi/test_golden_tp.sh.
+ *
+ * How strict: llama.cpp's output is itself only defined to within its own numerical
+ * spread, which the golden file records by running llama.cpp twice (flash attention off
+ * and on). Tokens are compared wherever llama.cpp's two paths agree: greedy tokens up to
+ * the first step where its two paths diverge (all 32 on Gemma 3 270M), teacher-forced
+ * top-1 at every position where both paths pick the same token and its top-2 margin is
+ * wider than the spread between them. Positions outside that are numerical ties; they
+ * are counted and printed, not hidden. */
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
@@ -189,9 +197,15 @@ static void check_model(const char *name) {
     cr_assert_eq(top, json_integer_value(json_array_get(json_object_get(g, "last_top_ids"), 0)), "%s: top-1 differs", name);
     free(lg);
 
-    /* 3. 32 greedy tokens (decode one at a time through the sampler path) */
-    int64_t n_greedy;
+    /* 3. 32 greedy tokens (decode one at a time through the sampler path), required up to
+     * the first step where llama.cpp's two attention paths disagree */
+    int64_t n_greedy, n_fa;
     int32_t *want = ints(json_object_get(g, "greedy"), &n_greedy);
+    int32_t *want_fa = ints(json_object_get(g, "greedy_fa"), &n_fa);
+    int64_t decided = 0;
+    while (decided < n_greedy && decided < n_fa && want[decided] == want_fa[decided]) decided++;
+    int64_t matched = 0;
+    bool diverged = false;
     struct sampler_params sp;
     sampler_params_default(&sp);
     sp.temperature = 0;
@@ -208,34 +222,52 @@ static void check_model(const char *name) {
     int32_t last_row = (int32_t)(n - 1), tok;
     cr_assert_eq(engine_step(r.en, n, ids, pos, seqv, 1, &last_row, &row, &tok, NULL, &e), 0, "%s", e.msg);
     for (int64_t g2 = 0; g2 < n_greedy; g2++) {
-        cr_assert_eq(tok, want[g2], "%s: greedy token %lld is %d, llama.cpp %d", name, (long long)g2, tok, want[g2]);
+        if (g2 < decided)
+            cr_assert_eq(tok, want[g2], "%s: greedy token %lld is %d, llama.cpp %d (llama.cpp's two paths agree on the first %lld)",
+                         name, (long long)g2, tok, want[g2], (long long)decided);
+        if (!diverged && tok == want[g2]) matched++;
+        else diverged = true;
+        if (diverged) break;
         hist[n + g2] = tok;
         int32_t p = (int32_t)(n + g2), r0 = 0;
         row.n_history = n + g2 + 1;
         if (g2 + 1 < n_greedy) cr_assert_eq(engine_step(r.en, 1, &tok, &p, seqv, 1, &r0, &row, &tok, NULL, &e), 0, "%s", e.msg);
     }
     engine_seq_close(r.en, seq);
+    fprintf(stderr, "[golden] %s: greedy tokens identical to llama.cpp for %lld of 32 (llama.cpp's own two paths agree on %lld)\n",
+            name, (long long)matched, (long long)decided);
+    free(want_fa);
 
     /* 4. teacher forcing: top-1 at every position */
     int64_t n_tf, n_am;
     int32_t *tf = ints(json_object_get(g, "tf_ids"), &n_tf);
     int32_t *am = ints(json_object_get(g, "tf_argmax"), &n_am);
     float *tl = all_logits(&r, tf, n_tf);
-    int64_t agree = 0;
-    double tf_maxdiff_margin = 0;
+    int64_t n_am_fa;
+    int32_t *am_fa = ints(json_object_get(g, "tf_argmax_fa"), &n_am_fa);
+    int64_t agree = 0, n_decided = 0, bad = 0;
+    double maxdiff_tf = 0;
     for (int64_t i = 0; i < n_tf; i++) {
         int64_t t = argmax(tl + i * V, V);
+        double margin = json_real_value(json_array_get(json_object_get(g, "tf_margin"), (size_t)i));
+        double noise = json_real_value(json_array_get(json_object_get(g, "tf_noise"), (size_t)i));
+        bool decided_here = am[i] == am_fa[i] && margin > noise;
+        n_decided += decided_here;
         if (t == am[i]) agree++;
-        else {
-            double margin = json_real_value(json_array_get(json_object_get(g, "tf_margin"), (size_t)i));
-            fprintf(stderr, "[golden] %s: position %lld top-1 %lld vs llama.cpp %d (llama.cpp's top-2 margin %.3g)\n", name,
-                    (long long)i, (long long)t, am[i], margin);
-            if (margin > tf_maxdiff_margin) tf_maxdiff_margin = margin;
+        else if (decided_here) {
+            bad++;
+            fprintf(stderr, "[golden] %s: position %lld top-1 %lld vs llama.cpp %d (margin %.3g > llama.cpp's spread %.3g)\n",
+                    name, (long long)i, (long long)t, am[i], margin, noise);
         }
+        if (noise > maxdiff_tf) maxdiff_tf = noise;
     }
-    fprintf(stderr, "[golden] %s: teacher-forced top-1 agreement %lld/%lld\n", name, (long long)agree, (long long)n_tf);
-    cr_assert_eq(agree, n_tf, "%s: top-1 differs from llama.cpp at %lld of %lld positions", name, (long long)(n_tf - agree),
-                 (long long)n_tf);
+    fprintf(stderr, "[golden] %s: teacher-forced top-1 agreement %lld/%lld; at the %lld positions llama.cpp decides "
+                    "(both its paths agree, margin > spread) %lld/%lld; llama.cpp's own max spread %.3g\n",
+            name, (long long)agree, (long long)n_tf, (long long)n_decided, (long long)(n_decided - bad),
+            (long long)n_decided, maxdiff_tf);
+    cr_assert_eq(bad, 0, "%s: top-1 differs from llama.cpp at %lld positions where llama.cpp's two paths agree", name,
+                 (long long)bad);
+    free(am_fa);
     free(tl);
     free(tf);
     free(am);

@@ -378,8 +378,12 @@ Test(matmul, simd_level_names_and_detection_are_consistent) {
     cr_assert_str_eq(cpu_simd_name(KSIMD_AVX512), "avx512");
     enum ksimd s = cpu_simd_detect();
     cr_assert(s >= KSIMD_SCALAR && s <= KSIMD_AVX512);
-#if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        cr_assert_geq(s, KSIMD_AVX2);
+#if defined(__x86_64__) && !defined(__clang__) /* clang's builtin does not know f16c */
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    cr_assert_eq(s, avx512 ? KSIMD_AVX512 : avx2 ? KSIMD_AVX2 : KSIMD_SCALAR, "CPUID says %s, gcc's builtin disagrees",
+                 cpu_simd_name(s));
 #endif
 }

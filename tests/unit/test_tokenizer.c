@@ -499,7 +499,8 @@ static char *stream(const struct tokenizer *t, const int32_t *ids, int64_t n, si
 }
 
 Test(tokenizer, streamed_text_is_always_valid_utf8_and_reassembles_emoji) {
-    static const char *texts[] = {"Hello 👋 world 👨‍👩‍👧‍👦 🇺🇸 done", "日本語のテキスト 中文 한국어", "é\u0301 😀😃😄 ∀x", "plain ascii"};
+    static const char *texts[] = {"Hello 👋 world 👨‍👩‍👧‍👦 🇺🇸 done", "日本語のテキスト 中文 한국어",
+                                  "é\u0301 😀😃😄 ∀x", "plain ascii"};
     const char *names[] = {"tok_bpe_qwen2", "tok_bpe_llama3", "tok_spm"};
     for (size_t m = 0; m < 3; m++) {
         struct tk k;

@@ -1,0 +1,150 @@
+/* matmul_f64.c - the row-parallel matmul whose partial sums add up across ranks exactly:
+ * per-granule dot products (the same kernels as cpu_matmul) summed in double.
+ *
+ *   y[t][o] = sum_{g} (double) dot(W[o][g0 .. g1), x[t][g0 .. g1)),  granules [g0, g1) of
+ *             `granule` values from the start of the slice
+ *
+ * Why: with tensor parallelism, attn_output and ffn_down are split by input columns and
+ * the ranks' partial outputs are summed. Float partial sums rounded per rank would make
+ * the result depend on the TP size (and greedy decoding could diverge). Granules are
+ * aligned to the shard boundaries at every TP size, each granule is computed identically
+ * whichever rank holds it, and the double sums differ only by double rounding. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "simd_dot.h"
+
+enum { F64_MIN_ROWS = 16, F64_TASKS_PER_THREAD = 4 };
+
+static kdot_fn kernel_for(enum ksimd level, enum dtype t) {
+    kdot_fn f = NULL;
+    if (level >= KSIMD_AVX512) f = kdot_avx512(t);
+    if (!f && level >= KSIMD_AVX2) f = kdot_avx2(t);
+    if (!f) f = kdot_scalar(t);
+    return f;
+}
+
+/* The activation rows restricted to columns [g0, ...) of a row laid out by kact_layout
+ * (simd_dot.h). For KACT_Q8_32, g0 must be a multiple of 64 (blocks are stored in
+ * interleaved pairs); callers use granules of whole pairs. */
+static struct kact_rows act_view(const struct kact_rows *a, enum kact_fmt f, int64_t g0) {
+    struct kact_rows v = *a;
+    size_t u = (size_t)g0;
+    switch (f) {
+    case KACT_F32: v.base += u * 4; break;
+    case KACT_F16:
+    case KACT_BF16: v.base += u * 2; break;
+    case KACT_Q8_32: /* qs: 64 bytes per block pair | dv, sv: 32 bytes per pair | d, sum, s: 4 bytes per block */
+        v.base += u;
+        v.off_dv = a->off_dv + u / 64 * 32 - u;
+        v.off_sv = a->off_sv + u / 64 * 32 - u;
+        v.off_d = a->off_d + u / 32 * 4 - u;
+        v.off_sum = a->off_sum + u / 32 * 4 - u;
+        v.off_s = a->off_s + u / 32 * 4 - u;
+        break;
+    case KACT_Q8_K: /* qs[n] | d[n/256] f32 | bsums[n/16] i16 */
+        v.base += u;
+        v.off_d = a->off_d + u / 256 * 4 - u;
+        v.off_sum = a->off_sum + u / 16 * 2 - u;
+        break;
+    }
+    return v;
+}
+
+struct f64_job {
+    const struct kmat *w;
+    double *y;
+    int64_t n_tok, granule, rows_per_task;
+    struct kact_rows act;
+    enum kact_fmt fmt;
+    kdot_fn dot;
+};
+
+static void f64_rows(void *arg, int64_t i, int64_t n) {
+    const struct f64_job *j = arg;
+    const struct kmat *w = j->w;
+    const int64_t r0 = i * j->rows_per_task, r1 = TP_MIN(w->n_out, r0 + j->rows_per_task);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wrow = (const uint8_t *)w->data + (size_t)r * w->row_stride;
+        for (int64_t t = 0; t < j->n_tok; t += KDOT_NT) {
+            int nt = (int)TP_MIN(KDOT_NT, j->n_tok - t);
+            double acc[KDOT_NT] = {0};
+            for (int64_t g0 = 0; g0 < w->n_in; g0 += j->granule) {
+                int64_t gn = TP_MIN(j->granule, w->n_in - g0);
+                struct kact_rows v = act_view(&j->act, j->fmt, g0);
+                float out[KDOT_NT];
+                j->dot(wrow + dtype_row_bytes(w->type, g0), gn, &v, t, nt, out);
+                for (int k = 0; k < nt; k++) acc[k] += (double)out[k];
+            }
+            for (int k = 0; k < nt; k++) j->y[(t + k) * w->n_out + r] = acc[k];
+        }
+    }
+}
+
+void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const float *x, int64_t n_tok,
+                    int64_t granule) {
+    if (n_tok <= 0 || w->n_out <= 0) return;
+    if (w->n_in <= 0) {
+        memset(y, 0, (size_t)(n_tok * w->n_out) * sizeof *y);
+        return;
+    }
+    struct cpu_backend *c = b->impl;
+    enum ksimd level = TP_MIN(c->simd, cpu_simd_detect());
+    int64_t blk = dtype_block(w->type);
+    /* granules are whole blocks, and whole block pairs for the Q8_32 layout */
+    int64_t unit = kact_fmt_of(w->type) == KACT_Q8_32 ? 2 * blk : blk;
+    if (granule <= 0 || granule % unit) granule = TP_MAX(unit, granule / unit * unit);
+    struct f64_job j = {.w = w, .y = y, .granule = granule, .fmt = kact_fmt_of(w->type), .dot = kernel_for(level, w->type)};
+    if (!j.dot) return;
+    kact_quant_fn quant = level >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;
+    size_t row_bytes = kact_layout(j.fmt, w->n_in, &j.act);
+    j.act.stride = row_bytes;
+    /* activation rows: in the backend's scratch, or a temporary buffer for a larger call */
+    int64_t chunk = n_tok;
+    void *tmp = NULL;
+    uint8_t *scratch = c->act_q;
+    if (j.fmt != KACT_F32) {
+        chunk = c->act_q && row_bytes ? (int64_t)TP_MIN((size_t)n_tok, c->act_q_bytes / row_bytes) : 0;
+        if (chunk == 0) {
+            chunk = TP_MIN(n_tok, 64);
+            scratch = tmp = aligned_alloc(64, row_bytes * (size_t)chunk);
+            if (!tmp) {
+                for (int64_t i = 0; i < n_tok * w->n_out; i++) y[i] = __builtin_nan("");
+                return;
+            }
+        }
+    }
+    const int n_threads = c->pool ? TP_MAX(1, c->n_threads) : 1;
+    int64_t tasks = n_threads == 1 ? 1
+                                   : TP_MIN((w->n_out + F64_MIN_ROWS - 1) / F64_MIN_ROWS,
+                                            (int64_t)n_threads * F64_TASKS_PER_THREAD);
+    tasks = TP_MAX(tasks, 1);
+    j.rows_per_task = (w->n_out + tasks - 1) / tasks;
+    int64_t n_tasks = (w->n_out + j.rows_per_task - 1) / j.rows_per_task;
+    for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
+        j.n_tok = TP_MIN(chunk, n_tok - t0);
+        const float *xc = x + t0 * w->n_in;
+        j.y = y + t0 * w->n_out;
+        if (j.fmt == KACT_F32) {
+            j.act.base = (const uint8_t *)xc;
+            j.act.stride = (size_t)w->n_in * sizeof(float);
+        } else {
+            j.act.base = scratch;
+            for (int64_t t = 0; t < j.n_tok; t++)
+                quant(j.fmt, xc + t * w->n_in, w->n_in, scratch + (size_t)t * row_bytes, &j.act);
+        }
+        if (c->pool && n_tasks > 1) tpool_run(c->pool, f64_rows, &j, n_tasks);
+        else
+            for (int64_t i = 0; i < n_tasks; i++) f64_rows(&j, i, n_tasks);
+    }
+    free(tmp);
+}
+
+void cpu_reduce_f64(struct kbackend *b, float *y, const double *parts, int64_t n_parts, int64_t n) {
+    (void)b;
+    for (int64_t i = 0; i < n; i++) {
+        double s = 0;
+        for (int64_t p = 0; p < n_parts; p++) s += parts[p * n + i];
+        y[i] = (float)s;
+    }
+}
