@@ -203,6 +203,7 @@ int cmd_generate(int argc, char **argv) {
             return 2;
         }
     }
+    a.bo.eng.n_cand = (int)TP_MAX((int64_t)a.bo.eng.n_cand, sampler_n_cand(&a.so.sp));
     if (boot_mpi_init(&argc, &argv)) return 1;
     struct boot b;
     int rc = boot_start(&b, &a.bo, &e);

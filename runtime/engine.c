@@ -572,8 +572,14 @@ static int coordinate(struct engine *en, int cmd, int64_t n_tok, const int32_t *
 int engine_step(struct engine *en, int64_t n_tok, const int32_t *tokens, const int32_t *pos, const int32_t *seq,
                 int64_t n_rows, const int32_t *row_idx, const struct engine_row *rows, int32_t *out, float *logprob,
                 tp_err *e) {
-    for (int64_t j = 0; j < n_rows; j++)
+    for (int64_t j = 0; j < n_rows; j++) {
         if (!rows[j].smp || !rows[j].params) return tp_errf(e, TP_EINVAL, "engine_step: row %lld has no sampler", (long long)j);
+        /* the sampler's proofs assume every rank sent at least sampler_n_cand candidates */
+        if (sampler_n_cand(rows[j].params) > en->o.n_cand)
+            return tp_errf(e, TP_EINVAL, "top_k %d needs %lld candidates per rank but the engine was started with %d; "
+                           "use a smaller top_k or start with a larger candidate count",
+                           rows[j].params->top_k, (long long)sampler_n_cand(rows[j].params), en->o.n_cand);
+    }
     return coordinate(en, CMD_STEP, n_tok, tokens, pos, seq, n_rows, row_idx, rows, NULL, out, logprob, NULL, NULL, e);
 }
 

@@ -346,8 +346,10 @@ A2I void w32_pair_unpack(const enum dtype T, const void *w, int64_t i, const boo
             *hi = _mm256_or_si256(*hi, a2_bits_to_0x10((ha >> 16) | (hb & 0xFFFF0000u)));
         }
     }
-    *dwv = _mm256_set_m128(_mm_set1_ps(a2_h2f(dB)), _mm_set1_ps(a2_h2f(dA)));
-    if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) *mw = _mm_setr_ps(a2_h2f(mA), a2_h2f(mB), 0.0f, 0.0f);
+    /* both fp16 scales converted at once, then spread to dA x4, dB x4 */
+    const __m128 d2 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)dA | (uint32_t)dB << 16)));
+    *dwv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d2), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+    if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) *mw = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)mA | (uint32_t)mB << 16)));
 }
 
 /* Blocks i, i+1 (i even) against NT tokens, into accumulators acc (and the Q4_1/Q5_1
