@@ -233,9 +233,12 @@ A5I void q6k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t
             const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
             const __m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
-            const __m256i u0 = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-            const __m256i u1 = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-            const __m256i u2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
+            const __m256i u0 =
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+            const __m256i u1 =
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+            const __m256i u2 =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
             const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
             const __m512i z[2] = {_mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1),

@@ -150,7 +150,8 @@ static void mm_quant_task(void *arg, int64_t i, int64_t n) {
     const struct mm_job *j = arg;
     int64_t t1 = TP_MIN(j->n_tok, (i + 1) * j->toks_per_task);
     for (int64_t t = i * j->toks_per_task; t < t1; t++)
-        j->quant(j->fmt, j->x + t * j->w->n_in, j->w->n_in, (uint8_t *)j->act.base + (size_t)t * j->act.stride, &j->act);
+        j->quant(j->fmt, j->x + t * j->w->n_in, j->w->n_in, (uint8_t *)j->act.base + (size_t)t * j->act.stride,
+                 &j->act);
 }
 
 static void mm_rows_task(void *arg, int64_t i, int64_t n) {

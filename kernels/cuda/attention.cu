@@ -152,7 +152,7 @@ template <bool F16> void att_dispatch(cuda_backend *cb, float *out, const float 
 /* Tokens whose slot is negative (padding) or outside the cache are skipped. */
 void cuda_kv_store(struct kbackend *b, struct kv_layer *kv, const float *k, const float *v,
                    const struct attn_batch *batch) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     const int64_t row = kv->n_kv * kv->head_dim;
     if (batch->n_tok <= 0 || row <= 0) return;
     CUDA_REQUIRE(cb, kv->type == DTYPE_F16 || kv->type == DTYPE_F32, "kv_store: cache type %s is not F16 or F32",
@@ -170,7 +170,7 @@ void cuda_kv_store(struct kbackend *b, struct kv_layer *kv, const float *k, cons
 /* n_head must be a multiple of kv->n_kv and head_dim at most CUDA_ATT_MAX_HEAD_DIM. */
 void cuda_attention(struct kbackend *b, float *out, const float *q, const struct kv_layer *kv,
                     const struct attn_batch *batch, int64_t n_head, float scale, int64_t window) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (batch->n_tok <= 0 || n_head <= 0 || kv->head_dim <= 0) return;
     CUDA_REQUIRE(cb, kv->type == DTYPE_F16 || kv->type == DTYPE_F32, "attention: cache type %s is not F16 or F32",
                  dtype_name(kv->type));

@@ -78,7 +78,7 @@ void *cuda_scratch_alloc(struct cuda_backend *cb, size_t bytes) {
 
 void cuda_mem_free(struct cuda_backend *cb, void *p) {
     if (!p) return;
-    (void)cb;
+    (void)cudaSetDevice(cb->device);
     cudaFree(p); /* synchronizes the device: nothing queued can still use p */
 }
 
@@ -117,14 +117,14 @@ void *op_alloc(struct kbackend *b, size_t bytes) { return cuda_mem_alloc(cuda_of
 void op_free(struct kbackend *b, void *p) { cuda_mem_free(cuda_of(b), p); }
 
 void op_upload(struct kbackend *b, void *dst, const void *src, size_t bytes) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (!bytes) return;
     CUDA_OP(cb, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
     CUDA_OP(cb, cudaStreamSynchronize(cb->stream)); /* src may be reused on return */
 }
 
 void op_download(struct kbackend *b, void *dst, const void *src, size_t bytes) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (!bytes) return;
     CUDA_OP(cb, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream));
     CUDA_OP(cb, cudaStreamSynchronize(cb->stream));
@@ -146,7 +146,7 @@ int op_mem_info(struct kbackend *b, int64_t *free_bytes, int64_t *total_bytes) {
 }
 
 void op_sync(struct kbackend *b) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     CUDA_OP(cb, cudaStreamSynchronize(cb->stream));
 }
 
@@ -284,7 +284,7 @@ bool kbackend_cuda_compiled(void) { return true; }
  * backend that is not CUDA), else the status with `e` filled. The record stays. */
 extern "C" int kbackend_cuda_status(struct kbackend *b, tp_err *e) {
     if (!b || b->ops != &cuda_ops) return 0;
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (!cb->err.code) {
         const cudaError_t err = cudaStreamQuery(cb->stream);
         if (err != cudaSuccess && err != cudaErrorNotReady)

@@ -69,6 +69,15 @@ static inline struct cuda_backend *cuda_of(const struct kbackend *b) {
     return (struct cuda_backend *)b->impl;
 }
 
+/* Entry of every op: the backend's state, with its device made current for the calling
+ * thread (cheap when it already is; a thread other than the creator would otherwise
+ * queue work on device 0). */
+static inline struct cuda_backend *cuda_enter(const struct kbackend *b) {
+    struct cuda_backend *cb = cuda_of(b);
+    (void)cudaSetDevice(cb->device);
+    return cb;
+}
+
 /* The only place device memory is obtained (cudaMalloc) and returned (cudaFree); sizes are
  * rounded up to 256 bytes so that a kernel's aligned 16-byte loads around the end of a
  * buffer stay inside it. NULL on failure (or for 0 bytes); free(NULL) is a no-op. */

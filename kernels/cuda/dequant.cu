@@ -120,7 +120,7 @@ void cuda_dequant_rows_f16(struct cuda_backend *cb, __half *out, const struct km
 /* out[r] = row ids[r] of the table, for r < n. ids, out and the table are device memory; an
  * id outside the table gives a row of zeros (the caller validates token ids). */
 void cuda_get_rows(struct kbackend *b, float *out, const struct kmat *table, const int32_t *ids, int64_t n) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n <= 0 || table->n_in <= 0) return;
     const dtype_info *di = dtype_get(table->type);
     CUDA_REQUIRE(cb, di && dtype_supported(table->type), "get_rows: table type %s is not supported",

@@ -500,7 +500,7 @@ bool cuda_matmul_args_ok(cuda_backend *cb, const struct kmat *w, const float *x,
  * n_in <= opts.max_in (the scratch bounds; violations are recorded as EINVAL). An empty
  * input (n_in == 0) gives zeros. */
 void cuda_matmul(struct kbackend *b, float *y, const struct kmat *w, const float *x, int64_t n_tok) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n_tok <= 0 || w->n_out <= 0) return;
     if (w->n_in <= 0) {
         CUDA_OP(cb, cudaMemsetAsync(y, 0, (size_t)n_tok * (size_t)w->n_out * sizeof(float), cb->stream));

@@ -147,7 +147,7 @@ struct f64_check {
  * (as the CPU does). An empty input gives zeros. */
 void cuda_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const float *x, int64_t n_tok,
                      int64_t granule) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n_tok <= 0 || w->n_out <= 0) return;
     if (w->n_in <= 0) {
         CUDA_OP(cb, cudaMemsetAsync(y, 0, (size_t)n_tok * (size_t)w->n_out * sizeof(double), cb->stream));
@@ -185,7 +185,7 @@ void cuda_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const 
 }
 
 void cuda_reduce_f64(struct kbackend *b, float *y, const double *parts, int64_t n_parts, int64_t n) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n <= 0) return;
     reduce_f64_kernel<<<cuda_grid_1d(n, RED_THREADS), RED_THREADS, 0, cb->stream>>>(y, parts, TP_MAX(n_parts, (int64_t)0), n);
     CUDA_LAUNCHED(cb);

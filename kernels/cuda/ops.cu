@@ -157,7 +157,7 @@ float rope_corr_dim(int64_t n_dims, int64_t n_ctx_orig, float n_rot, float base)
 /* y may alias x (in place). w may be NULL (no weight, no offset). */
 void cuda_rmsnorm(struct kbackend *b, float *y, const float *x, const float *w, float w_offset, int64_t n_rows,
                   int64_t n, float eps) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n_rows <= 0 || n <= 0) return;
     CUDA_REQUIRE(cb, n_rows <= INT32_MAX, "rmsnorm: %lld rows exceed the grid", (long long)n_rows);
     rmsnorm_kernel<<<(unsigned)n_rows, NORM_THREADS, 0, cb->stream>>>(y, x, w, w_offset, n, eps);
@@ -168,7 +168,7 @@ void cuda_rmsnorm(struct kbackend *b, float *y, const float *x, const float *w, 
  * pos and freq_factors are device memory. */
 void cuda_rope(struct kbackend *b, float *x, const int32_t *pos, int64_t n_tok, int64_t n_head, int64_t head_dim,
                const struct rope_params *p) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     const int64_t n_rot = TP_MIN(p->n_rot, head_dim) / 2 * 2;
     if (n_tok <= 0 || n_head <= 0 || n_rot <= 0) return;
     CUDA_REQUIRE(cb, n_rot / 2 <= ROPE_MAX_PAIRS, "rope: %lld rotated dims exceed the kernel's %d",
@@ -198,7 +198,7 @@ void cuda_rope(struct kbackend *b, float *x, const int32_t *pos, int64_t n_tok, 
 
 /* out may alias gate or up. */
 void cuda_gated_act(struct kbackend *b, float *out, const float *gate, const float *up, int64_t n, enum act_kind act) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n <= 0) return;
     CUDA_REQUIRE(cb, act == ACT_SILU || act == ACT_GELU_TANH, "gated_act: unknown activation %d", (int)act);
     if (act == ACT_GELU_TANH)
@@ -209,21 +209,21 @@ void cuda_gated_act(struct kbackend *b, float *out, const float *gate, const flo
 }
 
 void cuda_add(struct kbackend *b, float *y, const float *a, const float *bb, int64_t n) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n <= 0) return;
     add_kernel<<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(y, a, bb, n);
     CUDA_LAUNCHED(cb);
 }
 
 void cuda_scale(struct kbackend *b, float *x, float s, int64_t n) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n <= 0) return;
     scale_kernel<<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(x, s, n);
     CUDA_LAUNCHED(cb);
 }
 
 void cuda_add_bias(struct kbackend *b, float *x, const float *bias, int64_t n_rows, int64_t n) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n_rows <= 0 || n <= 0) return;
     add_bias_kernel<<<cuda_grid_1d(n_rows * n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(x, bias, n_rows * n, n);
     CUDA_LAUNCHED(cb);

@@ -268,7 +268,7 @@ void topk_host(cuda_backend *cb, int32_t *idx, float *val, float *lse, const flo
  * Synchronous: the results are in place on return. */
 void cuda_topk(struct kbackend *b, int32_t *idx, float *val, float *lse, const float *logits, int64_t n_rows,
                int64_t n, int64_t k) {
-    cuda_backend *cb = cuda_of(b);
+    cuda_backend *cb = cuda_enter(b);
     if (n_rows <= 0) return;
     if (k < 0) k = 0;
     if (n < 0) n = 0;

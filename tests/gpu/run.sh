@@ -13,6 +13,7 @@
 #                              LD_LIBRARY_PATH, uses the carried binaries (or, failing that,
 #                              tries to build there), then runs:
 #                                1. ctest -L gpu              (test_cuda_* against the CPU ops)
+#                                   and test_cuda_ops under compute-sanitizer memcheck
 #                                2. an end-to-end smoke test  (synthetic models, greedy
 #                                   tokens of --backend cuda vs --backend cpu)
 #                                3. tpllm verify              (when the program has it)
@@ -21,8 +22,8 @@
 #
 # Device call (see /work/shared/device/README.md):
 #   run(command="bash tests/gpu/run.sh", carry=[".device-debs", "build-gpu/carry"])
-# Files back: $OUT/run.log (everything), $OUT/ctest.log, $OUT/e2e.log, $OUT/verify.log,
-# $OUT/bench.log. Set TPLLM_VERIFY_ARGS / TPLLM_BENCH_ARGS to override those steps' flags.
+# Files back: $OUT/run.log (everything), $OUT/ctest.log, $OUT/memcheck.log, $OUT/e2e.log,
+# $OUT/verify.log, $OUT/bench.log. Set TPLLM_VERIFY_ARGS / TPLLM_BENCH_ARGS to override those steps' flags.
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -124,7 +125,7 @@ else
         n=$(basename "$t")
         {
             echo "add_test($n \"$t\" \"--jobs\" \"1\")"
-            echo "set_tests_properties($n PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 300 ENVIRONMENT \"TPLLM_SOURCE_DIR=$ROOT\")"
+            echo "set_tests_properties($n PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 180 ENVIRONMENT \"TPLLM_SOURCE_DIR=$ROOT\")"
         } >>"$CT/CTestTestfile.cmake"
     done
 fi
@@ -132,6 +133,18 @@ fi
 CTEST_RC=$?
 cp "$CTDIR/Testing/Temporary/LastTest.log" "$OUT/ctest.log" 2>/dev/null || true
 echo "ctest exit status $CTEST_RC"
+
+step "1b. compute-sanitizer memcheck of the CUDA op tests (out-of-bounds and misaligned accesses)"
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+OPS=$(find "$BIN" -maxdepth 2 -type f -perm -u+x -name test_cuda_ops | head -1)
+if [ -n "$SAN" ] && [ -n "$OPS" ] && [ "${TPLLM_SKIP_SANITIZER:-0}" != 1 ]; then
+    timeout 200 "$SAN" --tool memcheck --target-processes all --error-exitcode 99 --print-limit 20 \
+        "$OPS" --jobs 1 >"$OUT/memcheck.log" 2>&1
+    echo "memcheck exit status $? (0: clean; 99: errors; 124: timed out) - $OUT/memcheck.log"
+    grep -E "ERROR SUMMARY|Invalid|out of bounds|misaligned" "$OUT/memcheck.log" | sort | uniq -c | head -20
+else
+    echo "skipped (no compute-sanitizer, no test_cuda_ops, or TPLLM_SKIP_SANITIZER=1)"
+fi
 
 step "2. end to end: synthetic models, greedy tokens cuda vs cpu"
 if [ -n "$TPLLM" ]; then

@@ -1,0 +1,264 @@
+/* dot_avx2_k.c - AVX2 kernels of the K-quant weights (Q2_K .. Q6_K) against Q8_K
+ * activations: each 256-value super-block is unpacked to unsigned codes 32 values at a
+ * time and multiplied with each token's activations (vpmaddubsw, then vpmaddwd by the
+ * 16-bit sub-block scales); integer lane sums are scaled once per super-block.
+ *
+ *   sum = d_w d_a sum_g sc_g sum_i u_i a_i  -  offset terms:
+ *     Q2_K, Q4_K, Q5_K: dmin_w d_a sum_g m_g bsum_g     (mins, from the Q8_K bsums)
+ *     Q3_K, Q6_K: codes are q + 4 / q + 32, so d_w d_a 4 (32) sum_g sc_g bsum_g
+ * The integer sums equal dot_scalar.c's. */
+#include "simd_avx2.h"
+
+#if defined(__x86_64__)
+
+/* ------------------------------------------------------------------ K-quant weights */
+
+struct a2_tokK {
+    const int8_t *q;
+    const float *d;
+    const int16_t *bs;
+};
+
+/* Per-token state of the K kernels: float accumulator, float min term. */
+A2I void k_tokens(const struct kact_rows *a, int64_t t0, const int NT, struct a2_tokK *tk, __m256 *acc, float *accm) {
+    for (int k = 0; k < NT; k++) {
+        tk[k] = (struct a2_tokK){kact_qs(a, t0 + k), kact_d(a, t0 + k), kact_bsums(a, t0 + k)};
+        acc[k] = _mm256_setzero_ps();
+        accm[k] = 0.0f;
+    }
+}
+
+/* Scale pair of chunk c (groups 2c and 2c+1 of 16 values) as s16 lanes: low 128 bits
+ * group 2c, high 128 bits group 2c+1. `b` holds the 16 scale bytes in both halves;
+ * signed scales sit in the high byte of each word and are shifted down arithmetically. */
+A2I __m256i a2_scale_pair(__m256i b, int c, bool is_signed) {
+    const char lo = (char)(2 * c), hi = (char)(2 * c + 1), z = (char)0x80;
+    __m256i ctrl = is_signed ? _mm256_setr_epi8(z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, hi, z, hi, z,
+                                                hi, z, hi, z, hi, z, hi, z, hi, z, hi)
+                             : _mm256_setr_epi8(lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, hi, z, hi, z,
+                                                hi, z, hi, z, hi, z, hi, z, hi, z, hi, z);
+    __m256i v = _mm256_shuffle_epi8(b, ctrl);
+    return is_signed ? _mm256_srai_epi16(v, 8) : v;
+}
+
+/* Accumulates chunk c (values 32c..32c+31) of each token: u (unsigned codes) times the
+ * token's activations, pairs summed with the scale vector sv. */
+A2I void k_chunk(__m256i u, __m256i sv, int64_t i, int c, const struct a2_tokK *tk, const int NT, __m256i *iacc) {
+    for (int k = 0; k < NT; k++) {
+        __m256i y = _mm256_loadu_si256((const __m256i *)(tk[k].q + 256 * i + 32 * c));
+        iacc[k] = _mm256_add_epi32(iacc[k], _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), sv));
+    }
+}
+
+A2I void k_finish(const int NT, const struct a2_tokK *tk, int64_t i, float d, const __m256i *iacc, __m256 *acc) {
+    for (int k = 0; k < NT; k++)
+        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * tk[k].d[i]), _mm256_cvtepi32_ps(iacc[k]), acc[k]);
+}
+
+/* The 6-bit scales and mins of a Q4_K/Q5_K super-block: bytes 0..7 scales, 8..15 mins. */
+A2I __m128i a2_k4_scales(const uint8_t *s) {
+    uint32_t u[4];
+    memcpy(u, s, 12);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4); /* mins 4..7 */
+    const uint32_t mins03 = u[1] & m6;
+    u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4); /* scales 4..7 */
+    u[2] = mins03;
+    u[0] &= m6; /* scales 0..3 */
+    return _mm_loadu_si128((const __m128i *)u);
+}
+
+/* Q4_K and Q5_K: 4 pairs of 32-value sub-blocks sharing 32 bytes of nibbles. */
+A2I void q45k_body(const bool five, const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT,
+                   float *out) {
+    struct a2_tokK tk[KDOT_NT];
+    __m256 acc[KDOT_NT];
+    float accm[KDOT_NT];
+    k_tokens(a, t0, NT, tk, acc, accm);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m10 = _mm256_set1_epi8(0x10);
+    for (int64_t i = 0; i < n / 256; i++) {
+        a2_prefetch((const char *)w + (size_t)i * (five ? 176 : 144), five ? 176 : 144);
+        const uint8_t *scales, *qs, *qh = NULL;
+        float d, dmin;
+        if (five) {
+            const blk_q5_K *x = (const blk_q5_K *)w + i;
+            scales = x->scales, qs = x->qs, qh = x->qh, d = a2_h2f(x->d), dmin = a2_h2f(x->dmin);
+        } else {
+            const blk_q4_K *x = (const blk_q4_K *)w + i;
+            scales = x->scales, qs = x->qs, d = a2_h2f(x->d), dmin = a2_h2f(x->dmin);
+        }
+        const __m128i sm = a2_k4_scales(scales);
+        /* the 8 scales as s16 in both halves; sub-block j's is broadcast by one shuffle */
+        const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        const __m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
+        __m256i iacc[KDOT_NT];
+        for (int k = 0; k < NT; k++) iacc[k] = _mm256_setzero_si256();
+        __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+        for (int p = 0; p < 4; p++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * p));
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (five) {
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hbits, 4), m10));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hbits, 3), m10));
+                hbits = _mm256_srli_epi16(hbits, 2);
+            }
+            const __m256i slo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * p + 1) << 8 | 4 * p)));
+            const __m256i shi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * p + 3) << 8 | (4 * p + 2))));
+            k_chunk(lo, slo, i, 2 * p, tk, NT, iacc);
+            k_chunk(hi, shi, i, 2 * p + 1, tk, NT, iacc);
+        }
+        k_finish(NT, tk, i, d, iacc, acc);
+        for (int k = 0; k < NT; k++) {
+            /* bsums of the 16-groups summed in pairs give the 32-value sub-block sums */
+            const __m128i *bp = (const __m128i *)(tk[k].bs + 16 * i);
+            __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128(bp), _mm_loadu_si128(bp + 1));
+            accm[k] += dmin * tk[k].d[i] * (float)a2_hsum_i32_128(_mm_madd_epi16(pairs, mins));
+        }
+    }
+    for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]) - accm[k];
+}
+A2I void q4k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
+    q45k_body(false, w, n, a, t0, NT, out);
+}
+A2I void q5k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
+    q45k_body(true, w, n, a, t0, NT, out);
+}
+A2_KERNEL(a2_dot_q4_K, q4k_body)
+A2_KERNEL(a2_dot_q5_K, q5k_body)
+
+A2I void q6k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
+    struct a2_tokK tk[KDOT_NT];
+    __m256 acc[KDOT_NT];
+    float accm[KDOT_NT];
+    k_tokens(a, t0, NT, tk, acc, accm);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    for (int64_t i = 0; i < n / 256; i++) {
+        a2_prefetch((const char *)((const blk_q6_K *)w + i), 210);
+        const blk_q6_K *x = (const blk_q6_K *)w + i;
+        const __m128i s8 = _mm_loadu_si128((const __m128i *)x->scales);
+        const __m256i sb = _mm256_broadcastsi128_si256(s8), sc16 = _mm256_cvtepi8_epi16(s8);
+        __m256i iacc[KDOT_NT];
+        for (int k = 0; k < NT; k++) iacc[k] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i ql0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+            __m256i ql1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+            __m256i u0 = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+            __m256i u1 = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+            __m256i u2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
+            __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+            k_chunk(u0, a2_scale_pair(sb, 4 * h + 0, true), i, 4 * h + 0, tk, NT, iacc);
+            k_chunk(u1, a2_scale_pair(sb, 4 * h + 1, true), i, 4 * h + 1, tk, NT, iacc);
+            k_chunk(u2, a2_scale_pair(sb, 4 * h + 2, true), i, 4 * h + 2, tk, NT, iacc);
+            k_chunk(u3, a2_scale_pair(sb, 4 * h + 3, true), i, 4 * h + 3, tk, NT, iacc);
+        }
+        for (int k = 0; k < NT; k++) { /* codes are q + 32: take out 32 sum_g sc_g bsum_g */
+            __m256i bs = _mm256_loadu_si256((const __m256i *)(tk[k].bs + 16 * i));
+            iacc[k] = _mm256_sub_epi32(iacc[k], _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
+        }
+        k_finish(NT, tk, i, a2_h2f(x->d), iacc, acc);
+    }
+    for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]);
+}
+A2_KERNEL(a2_dot_q6_K, q6k_body)
+
+/* Q3_K scales as 16 signed bytes (the 6-bit fields minus 32). */
+A2I __m128i a2_q3k_scales(const uint8_t *s) {
+    uint32_t u[3];
+    memcpy(u, s, 12);
+    const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    /* word k of the result holds scales 4k..4k+3: low nibbles from bytes 0..7 (k < 2) or
+     * their high nibbles (k >= 2), top bits from byte 8 + j%4 at shift 2*(j/4) = 2k */
+    uint32_t r[4] = {
+        (u[0] & m4) | (((u[2] >> 0) & m2) << 4),
+        (u[1] & m4) | (((u[2] >> 2) & m2) << 4),
+        ((u[0] >> 4) & m4) | (((u[2] >> 4) & m2) << 4),
+        ((u[1] >> 4) & m4) | (((u[2] >> 6) & m2) << 4),
+    };
+    return _mm_sub_epi8(_mm_loadu_si128((const __m128i *)r), _mm_set1_epi8(32));
+}
+
+A2I void q3k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
+    struct a2_tokK tk[KDOT_NT];
+    __m256 acc[KDOT_NT];
+    float accm[KDOT_NT];
+    k_tokens(a, t0, NT, tk, acc, accm);
+    const __m256i m3 = _mm256_set1_epi8(3), m4b = _mm256_set1_epi8(4);
+    for (int64_t i = 0; i < n / 256; i++) {
+        a2_prefetch((const char *)((const blk_q3_K *)w + i), 110);
+        const blk_q3_K *x = (const blk_q3_K *)w + i;
+        const __m128i s8 = a2_q3k_scales(x->scales);
+        const __m256i sb = _mm256_broadcastsi128_si256(s8), sc16 = _mm256_cvtepi8_epi16(s8);
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)x->hmask);
+        __m256i iacc[KDOT_NT];
+        for (int k = 0; k < NT; k++) iacc[k] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i qs = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
+            /* high bit 4h+s of hmask moved to bit 2 (value 4) */
+            const __m256i hb[4] = {
+                h ? _mm256_srli_epi16(hm, 2) : _mm256_slli_epi16(hm, 2),
+                h ? _mm256_srli_epi16(hm, 3) : _mm256_slli_epi16(hm, 1),
+                h ? _mm256_srli_epi16(hm, 4) : hm,
+                h ? _mm256_srli_epi16(hm, 5) : _mm256_srli_epi16(hm, 1),
+            };
+            const __m256i lo[4] = {qs, _mm256_srli_epi16(qs, 2), _mm256_srli_epi16(qs, 4), _mm256_srli_epi16(qs, 6)};
+            for (int s = 0; s < 4; s++) {
+                __m256i u = _mm256_or_si256(_mm256_and_si256(lo[s], m3), _mm256_and_si256(hb[s], m4b));
+                k_chunk(u, a2_scale_pair(sb, 4 * h + s, true), i, 4 * h + s, tk, NT, iacc);
+            }
+        }
+        for (int k = 0; k < NT; k++) { /* codes are q + 4 */
+            __m256i bs = _mm256_loadu_si256((const __m256i *)(tk[k].bs + 16 * i));
+            iacc[k] = _mm256_sub_epi32(iacc[k], _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 2));
+        }
+        k_finish(NT, tk, i, a2_h2f(x->d), iacc, acc);
+    }
+    for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]);
+}
+A2_KERNEL(a2_dot_q3_K, q3k_body)
+
+A2I void q2k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
+    struct a2_tokK tk[KDOT_NT];
+    __m256 acc[KDOT_NT];
+    float accm[KDOT_NT];
+    k_tokens(a, t0, NT, tk, acc, accm);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int64_t i = 0; i < n / 256; i++) {
+        a2_prefetch((const char *)((const blk_q2_K *)w + i), 84);
+        const blk_q2_K *x = (const blk_q2_K *)w + i;
+        const __m128i raw = _mm_loadu_si128((const __m128i *)x->scales);
+        const __m128i s8 = _mm_and_si128(raw, _mm_set1_epi8(0x0F));
+        const __m256i sb = _mm256_broadcastsi128_si256(s8);
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F)));
+        __m256i iacc[KDOT_NT];
+        for (int k = 0; k < NT; k++) iacc[k] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i qs = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
+            const __m256i lo[4] = {qs, _mm256_srli_epi16(qs, 2), _mm256_srli_epi16(qs, 4), _mm256_srli_epi16(qs, 6)};
+            for (int s = 0; s < 4; s++)
+                k_chunk(_mm256_and_si256(lo[s], m3), a2_scale_pair(sb, 4 * h + s, false), i, 4 * h + s, tk, NT, iacc);
+        }
+        k_finish(NT, tk, i, a2_h2f(x->d), iacc, acc);
+        const float dmin = a2_h2f(x->dmin);
+        for (int k = 0; k < NT; k++) {
+            __m256i bs = _mm256_loadu_si256((const __m256i *)(tk[k].bs + 16 * i));
+            accm[k] += dmin * tk[k].d[i] * (float)a2_hsum_i32(_mm256_madd_epi16(bs, mins));
+        }
+    }
+    for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]) - accm[k];
+}
+A2_KERNEL(a2_dot_q2_K, q2k_body)
+
+kdot_fn kdot_avx2_k(enum dtype t) {
+    switch (t) {
+    case DTYPE_Q2_K: return a2_dot_q2_K;
+    case DTYPE_Q3_K: return a2_dot_q3_K;
+    case DTYPE_Q4_K: return a2_dot_q4_K;
+    case DTYPE_Q5_K: return a2_dot_q5_K;
+    case DTYPE_Q6_K: return a2_dot_q6_K;
+    default: return NULL;
+    }
+}
+
+#endif
