@@ -20,7 +20,8 @@ const char *boot_opts_usage =
     "  --kv-type T             KV cache type: f16 (default) or f32\n"
     "  --kv-blocks N           KV cache blocks of 16 tokens per rank (default: all the memory plan allows)\n"
     "  --device-mem SIZE       memory budget per rank, e.g. 12GiB (default: free memory x --mem-fraction)\n"
-    "  --mem-fraction F        share of free memory a rank may use (default 0.90)\n";
+    "  --mem-fraction F        share of free memory a rank may use (default 0.90)\n"
+    "  -q, --quiet             no loading progress and no startup report\n";
 
 void boot_opts_default(struct boot_opts *o) {
     memset(o, 0, sizeof *o);
@@ -111,6 +112,8 @@ int boot_parse_opt(struct boot_opts *o, int argc, char **argv, int *i) {
             fprintf(stderr, "tpllm: --kv-type must be f16 or f32, got '%s'\n", v);
             return -1;
         }
+    } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+        o->quiet = true;
     } else if (!strcmp(a, "--device-mem")) {
         TAKES_VALUE;
         o->device_mem = boot_parse_size(v);
@@ -222,10 +225,43 @@ static int start_local(struct boot *b, const struct boot_opts *o, tp_err *e) {
     return plan_memory(b, o, &ko, e);
 }
 
+/* Rank 0's loading progress: a bar on a terminal, a line per quarter otherwise. */
+struct load_progress {
+    double t0;
+    int last;     /* last percentage (TTY) or quarter (log) shown */
+    bool tty;
+};
+
+static void show_progress(void *user, uint64_t done, uint64_t total) {
+    struct load_progress *lp = user;
+    if (total == 0) return;
+    int pct = (int)(100.0 * (double)done / (double)total);
+    double dt = now_s() - lp->t0, gbs = dt > 0 ? (double)done / dt / 1e9 : 0.0;
+    if (lp->tty) {
+        if (pct == lp->last && done < total) return;
+        lp->last = pct;
+        int w = pct * 30 / 100;
+        fprintf(stderr, "\rloading rank 0 [%.*s%*s] %3d%% %7.1f / %.1f MiB %5.2f GB/s", w,
+                "##############################", 30 - w, "", pct, (double)done / (1 << 20), (double)total / (1 << 20), gbs);
+        if (done >= total) fprintf(stderr, "\n");
+    } else if (pct / 25 > lp->last || done >= total) {
+        lp->last = pct / 25;
+        fprintf(stderr, "loading rank 0: %3d%% %.1f / %.1f MiB, %.2f GB/s\n", pct, (double)done / (1 << 20),
+                (double)total / (1 << 20), gbs);
+    }
+}
+
 static int load_weights(struct boot *b, tp_err *e) {
     double t0 = now_s();
+    struct load_progress lp = {.t0 = t0, .last = -1, .tty = isatty(STDERR_FILENO)};
+    if (b->rank == 0 && !b->quiet) {
+        b->model.progress = show_progress;
+        b->model.progress_user = &lp;
+    }
     int rc = model_load(&b->model, b->file, &b->cfg, &b->plan, b->rank, b->be, e);
     if (rc == 0) b->model_loaded = true;
+    b->model.progress = NULL;
+    b->model.progress_user = NULL;
     b->load_seconds = now_s() - t0;
     return rc;
 }
@@ -269,6 +305,7 @@ static int agree(struct boot *b, int rc, tp_err *e) {
 
 int boot_start(struct boot *b, const struct boot_opts *o, tp_err *e) {
     memset(b, 0, sizeof *b);
+    b->quiet = o->quiet;
     int rc = comm_create_mpi(&b->comm, 0, e);
     if (rc) return rc;
     b->rank = comm_rank(b->comm);

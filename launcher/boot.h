@@ -41,6 +41,7 @@ struct boot {
     struct memtrack track;   /* this rank's memory: the backend allocates through it */
     struct plan plan_mem;    /* the memory plan the engine was sized by */
     double load_seconds;
+    bool quiet;
 };
 
 /* Collective: every rank calls it. On failure every rank returns the same non-zero

@@ -249,6 +249,12 @@ int cmd_generate(int argc, char **argv) {
             fprintf(stderr, "prompt: %lld tokens in %.3f s (%.2f tok/s) | generation: %lld tokens in %.3f s (%.2f tok/s)\n",
                     (long long)res.n_prompt, res.t_prompt, res.t_prompt > 0 ? (double)res.n_prompt / res.t_prompt : 0.0,
                     (long long)res.n_gen, res.t_gen, res.t_gen > 0 ? (double)res.n_gen / res.t_gen : 0.0);
+            if (b.size > 1) {
+                struct comm_stats cs = comm_get_stats(b.comm);
+                int64_t steps = res.n_gen + (res.n_prompt + engine_max_batch(b.engine) - 1) / engine_max_batch(b.engine);
+                fprintf(stderr, "collectives on rank 0: %.3f s in %lld calls, %.2f ms per step\n", cs.seconds,
+                        (long long)cs.calls, steps > 0 ? 1e3 * cs.seconds / (double)steps : 0.0);
+            }
         } else {
             fprintf(stderr, "tpllm generate: %s\n", e.msg);
             status = 1;

@@ -237,6 +237,7 @@ static void load_one(struct model *m, const struct wspec *w, void *dst, void *st
         be->ops->upload(be, dst, stage, bytes);
     }
     m->bytes_read += bytes;
+    if (m->progress) m->progress(m->progress_user, m->bytes_read, m->weights_bytes);
 }
 
 static struct kmat mat_of(const struct wspec *w, void *dst) {
@@ -247,7 +248,11 @@ static struct kmat mat_of(const struct wspec *w, void *dst) {
 
 int model_load(struct model *m, const struct gguf_file *f, const struct model_config *c, const struct shard_plan *p,
                int rank, struct kbackend *be, tp_err *e) {
+    void (*progress)(void *, uint64_t, uint64_t) = m->progress;
+    void *progress_user = m->progress_user;
     memset(m, 0, sizeof *m);
+    m->progress = progress;
+    m->progress_user = progress_user;
     m->cfg = *c;
     m->file = f;
     m->be = be;

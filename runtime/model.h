@@ -52,6 +52,10 @@ struct model {
     void *weights_mem;             /* the one backend allocation holding every weight above */
     size_t weights_bytes;          /* its size */
     uint64_t bytes_read;           /* bytes this rank copied out of the file */
+    /* Optional: called while loading with the bytes loaded so far and the total (set
+     * before model_load; the loader keeps it). */
+    void (*progress)(void *user, uint64_t done, uint64_t total);
+    void *progress_user;
 };
 
 /* Derive the shard-plan inputs from a config and the file's tensor types. */
@@ -76,7 +80,8 @@ int model_slices(const struct model_config *c, const struct gguf_file *f, const 
                  struct model_slice **out, int *n, tp_err *e);
 
 /* Load this rank's shard of every weight into backend memory, reading only its byte
- * ranges of the file. Tensors of unsupported types are refused by name. */
+ * ranges of the file. Tensors of unsupported types are refused by name. m->progress and
+ * m->progress_user, when set by the caller before the call, are kept and called. */
 int model_load(struct model *m, const struct gguf_file *f, const struct model_config *c,
                const struct shard_plan *p, int rank, struct kbackend *be, tp_err *e);
 void model_free(struct model *m);

@@ -20,12 +20,15 @@
 #include "parallel/comm.h"
 #include "testutil.h"
 
-/* Open MPI keeps start-up allocations until exit; they are not ours. */
+/* Open MPI, the CUDA runtime and NCCL keep start-up allocations until exit; they are not
+ * ours. Their libraries have no frame pointers: LeakSanitizer needs the slow unwinder. */
 const char *__lsan_default_suppressions(void);
 const char *__lsan_default_suppressions(void) {
     return "leak:libmpi.so\nleak:libopen-pal.so\nleak:libopen-rte.so\nleak:libpmix.so\nleak:libhwloc.so\n"
            "leak:libevent\nleak:mca_\nleak:libcuda.so\nleak:libnccl.so\nleak:libcudart.so\n";
 }
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) { return "fast_unwind_on_malloc=0"; }
 
 #ifdef TPLLM_HAVE_CUDA
 

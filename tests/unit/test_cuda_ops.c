@@ -26,7 +26,9 @@
  *  - rope: the angle sequence is the same float arithmetic; cos/sin are correctly rounded
  *    on the GPU and within 1 ulp on the CPU: |diff| <= 2^-20 (|x0| + |x1|) per pair.
  *  - gated_act: e^x is correctly rounded on the GPU, within 2 ulp on the CPU (AVX2):
- *    relative 2^-19.
+ *    relative 2^-19; for GELU plus 2^-21 |2y| (the CPU's AVX2 code rounds the exponent
+ *    2y differently, and e^(-2y) magnifies that), and 1e-30 absolute (the AVX2 exp clamps
+ *    its argument at 88.3, so e^(-2y) for g < -10 differs, both results being ~0).
  *  - attention: scores summed in another order differ by <= hd 2^-23 sum|q k| scale, which
  *    moves the softmax weights by that relative amount: |diff| <= max|V| (2^-22 hd smax +
  *    2^-18), smax = scale * max_j sum_i |q_i k_ji|.
@@ -621,15 +623,20 @@ Test(cuda_ops, gated_act_matches_cpu_for_silu_and_gelu) {
         g->ops->gated_act(g, dout, dg, du, n, (enum act_kind)act);
         gpu_ok(g, "gated_act");
         dev_get(g, og, dout, (size_t)n * sizeof(float));
-        for (int64_t i = 0; i < n; i++)
-            cr_assert(fabsf(og[i] - oc[i]) <= 0x1p-19f * fabsf(oc[i]) + 1e-37f,
-                      "act %d [%lld] g %.9g: gpu %.9g cpu %.9g", act, (long long)i, (double)gate[i], (double)og[i],
-                      (double)oc[i]);
+        for (int64_t i = 0; i < n; i++) {
+            /* GELU's exponent 2y is rounded differently by the CPU's AVX2 code (FMA): its
+             * relative error ~2^-23 |2y| carries into e^(-2y); SiLU's -g is exact. */
+            const double gi = gate[i], y = 0.7978845608028654 * gi * (1 + 0.044715 * gi * gi);
+            const double arg = act == ACT_GELU_TANH ? fabs(2 * y) : 0.0;
+            const double tol = fabs((double)oc[i]) * (0x1p-19 + 0x1p-21 * arg) + 1e-30;
+            cr_assert(fabs((double)og[i] - (double)oc[i]) <= tol, "act %d [%lld] g %.9g: gpu %.9g cpu %.9g", act,
+                      (long long)i, gi, (double)og[i], (double)oc[i]);
+        }
     }
     g->ops->gated_act(g, dg, dg, du, n, ACT_SILU); /* in place over gate */
     c->ops->gated_act(c, oc, gate, up, n, ACT_SILU);
     dev_get(g, og, dg, (size_t)n * sizeof(float));
-    for (int64_t i = 0; i < n; i++) cr_assert(fabsf(og[i] - oc[i]) <= 0x1p-19f * fabsf(oc[i]) + 1e-37f);
+    for (int64_t i = 0; i < n; i++) cr_assert(fabsf(og[i] - oc[i]) <= 0x1p-19f * fabsf(oc[i]) + 1e-30f);
     g->ops->free(g, dg);
     g->ops->free(g, du);
     g->ops->free(g, dout);
