@@ -12,8 +12,9 @@ struct command {
 
 static const struct command commands[] = {
     {"inspect", cmd_inspect, "print a GGUF model's architecture, hyperparameters and tensors"},
-    {"synth", cmd_synth, "write a synthetic Llama/Qwen2-style GGUF model with random weights"},
+    {"synth", cmd_synth, "write a synthetic Llama/Qwen2/Gemma3-style GGUF model with random weights"},
     {"perplexity", cmd_perplexity, "llama.cpp-compatible perplexity of a text file"},
+    {"verify", cmd_verify, "compare the job (its TP size, its backend) with a one-rank CPU reference"},
     {"plan", cmd_plan, "per-rank shard table and memory plan, from the GGUF header alone"},
     {"generate", cmd_generate, "generate text from a prompt (tensor-parallel under mpirun)"},
 };
