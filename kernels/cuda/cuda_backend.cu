@@ -50,10 +50,6 @@ void cuda_op_failf(struct cuda_backend *cb, int code, const char *file, int line
     }
 }
 
-void cuda_op_fail(struct cuda_backend *cb, int code, const char *what, const char *file, int line) {
-    cuda_op_failf(cb, code, file, line, "%s", what);
-}
-
 /* ---- memory ---- */
 
 void *cuda_mem_alloc(struct cuda_backend *cb, size_t bytes) {

@@ -27,7 +27,6 @@ int cuda_fail(tp_err *e, cudaError_t err, const char *call, const char *file, in
 int cublas_fail(tp_err *e, cublasStatus_t st, const char *call, const char *file, int line);
 /* Record a failure inside an op as the backend's sticky error (first one kept, printed
  * once to stderr, since ops have no status to return it through). */
-void cuda_op_fail(struct cuda_backend *cb, int code, const char *what, const char *file, int line);
 void cuda_op_failf(struct cuda_backend *cb, int code, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 const char *cublas_status_name(cublasStatus_t st);

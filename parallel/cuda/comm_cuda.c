@@ -66,14 +66,14 @@ int comm_dev_alloc(struct comm_dev **out, const struct comm_ops *ops, struct com
     cudaError_t err = cudaGetDeviceCount(&n_dev);
     if (err != cudaSuccess || n_dev == 0) {
         (void)cudaGetLastError();
-        return tp_errf(e, TP_EUNSUPPORTED, "%s: rank %d on host %s has no usable CUDA device (%s); run on the CPU instead",
-                       fn, mpi->topo.rank, mpi->topo.host,
-                       err != cudaSuccess ? cudaGetErrorString(err) : "no devices");
+        return tp_errf(e, TP_EUNSUPPORTED,
+                       "%s: rank %d on host %s has no usable CUDA device (%s); run on the CPU instead", fn,
+                       mpi->topo.rank, mpi->topo.host, err != cudaSuccess ? cudaGetErrorString(err) : "no devices");
     }
     if (device < 0 || device >= n_dev)
         return tp_errf(e, TP_EINVAL,
-                       "%s: rank %d on host %s: CUDA device %d does not exist (this host has %d: 0..%d); give each rank "
-                       "a device in that range, e.g. local rank %% %d",
+                       "%s: rank %d on host %s: CUDA device %d does not exist (this host has %d: 0..%d); give "
+                       "each rank a device in that range, e.g. local rank %% %d",
                        fn, mpi->topo.rank, mpi->topo.host, device, n_dev, n_dev - 1, n_dev);
     struct comm_dev *d = calloc(1, sizeof *d);
     if (!d) return tp_errf(e, TP_ENOMEM, "%s: out of host memory", fn);

@@ -171,7 +171,8 @@ int comm_staged_create(struct comm **out, struct comm *mpi, int device, double t
         cudaError_t err = stage_grow(d, COMM_STAGE_INIT_BYTES);
         if (err != cudaSuccess) {
             (void)cudaGetLastError();
-            rc = tp_errf(e, TP_ENOMEM, "comm_create_staged: rank %d on host %s: cannot pin %zu bytes of host memory: %s",
+            rc = tp_errf(e, TP_ENOMEM,
+                         "comm_create_staged: rank %d on host %s: cannot pin %zu bytes of host memory: %s",
                          mpi->topo.rank, mpi->topo.host, COMM_STAGE_INIT_BYTES, cudaGetErrorString(err));
         }
         snprintf(d->label, sizeof d->label, "%s", label);

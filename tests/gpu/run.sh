@@ -68,18 +68,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 command -v nvcc >/dev/null && nvcc --version | tail -2
 
 step "Open MPI, zmq, Criterion, jansson, microhttpd from the carried debs"
+PFX=${TPLLM_DEBS_PREFIX:-/opt/ompi}
 if ls "$ROOT"/.device-debs/*.deb >/dev/null 2>&1; then
-    mkdir -p /opt/ompi
-    for f in "$ROOT"/.device-debs/*.deb; do dpkg -x "$f" /opt/ompi; done
-    export OPAL_PREFIX=/opt/ompi/usr PATH=/opt/ompi/usr/bin:$PATH
-    export LD_LIBRARY_PATH=/opt/ompi/usr/lib/x86_64-linux-gnu:/opt/ompi/usr/lib/x86_64-linux-gnu/openmpi/lib:${LD_LIBRARY_PATH:-}
-    echo "unpacked $(ls "$ROOT"/.device-debs/*.deb | wc -l) debs into /opt/ompi"
+    mkdir -p "$PFX"
+    for f in "$ROOT"/.device-debs/*.deb; do dpkg -x "$f" "$PFX"; done
+    export OPAL_PREFIX=$PFX/usr PATH=$PFX/usr/bin:$PATH
+    export LD_LIBRARY_PATH=$PFX/usr/lib/x86_64-linux-gnu:$PFX/usr/lib/x86_64-linux-gnu/openmpi/lib:${LD_LIBRARY_PATH:-}
+    echo "unpacked $(find "$ROOT"/.device-debs -name '*.deb' | wc -l) debs into $PFX"
 else
     echo "no .device-debs carried: MPI-linked binaries may not start"
 fi
 
 step "CUDA runtime, cuBLAS and NCCL libraries"
-libdirs=$(find / \( -path /proc -o -path /sys -o -path /opt/ompi \) -prune -o \
+libdirs=$(find / \( -path /proc -o -path /sys -o -path "$PFX" \) -prune -o \
     \( -name 'libnccl.so*' -o -name 'libcublas.so*' -o -name 'libcublasLt.so*' -o -name 'libcudart.so*' \) \
     -print 2>/dev/null | xargs -r -n1 dirname | sort -u)
 for d in /usr/local/cuda/lib64 $libdirs; do

@@ -31,8 +31,19 @@ for gold in "$root"/tests/golden/generation/*.json; do
     "$here/mpirun.sh" -np 2 "$bin" generate -m "$model" -p "$prompt" -n 32 --temp 0 --threads 1 --ignore-eos --show-tokens \
         >"$work/out" 2>"$work/err" || { echo "FAIL: $name generate at tp=2"; cat "$work/err"; fail=1; continue; }
     got=$(sed -n 's/^tokens: //p' "$work/err")
-    if [ "$got" = "$want" ]; then echo "ok: $name tp=2 greedy tokens = llama.cpp's"; else
-        echo "FAIL: $name tp=2 greedy tokens differ from llama.cpp"; echo " llama.cpp: $want"; echo " tpllm:     $got"; fail=1; fi
+    want_fa=$(field "$gold" "['greedy_fa']")
+    # required: the tokens up to where llama.cpp's own two attention paths diverge (all 32
+    # on Gemma 3 270M); reported: how far tpllm follows llama.cpp in all
+    if verdict=$("$py" - "$want" "$want_fa" "$got" <<'PY'
+import sys
+want, fa, got = (s.split() for s in sys.argv[1:4])
+decided = next((i for i, (a, b) in enumerate(zip(want, fa)) if a != b), len(want))
+same = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+print(f"{same} of {len(want)} identical (llama.cpp's two paths agree on {decided})")
+sys.exit(0 if same >= decided else 1)
+PY
+    ); then echo "ok: $name tp=2 greedy tokens vs llama.cpp: $verdict"; else
+        echo "FAIL: $name tp=2 greedy tokens vs llama.cpp: $verdict"; echo " llama.cpp: $want"; echo " tpllm:     $got"; fail=1; fi
 done
 
 if [ -f "$gemma" ]; then

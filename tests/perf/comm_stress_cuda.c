@@ -238,7 +238,8 @@ static int hang_mode(struct run *R, int victim) {
         comm_abort(R->c, 2, "cannot allocate the test buffer");
     if (comm_all_reduce_sum(R->c, d, 1024, &e)) comm_abort(R->c, 2, e.msg); /* warm-up: all alive */
     if (R->rank == victim) {
-        fprintf(stderr, "comm_stress_cuda: rank %d (host %s) sleeps instead of joining the all-reduce (simulated hang)\n",
+        fprintf(stderr,
+                "comm_stress_cuda: rank %d (host %s) sleeps instead of joining the all-reduce (simulated hang)\n",
                 R->rank, comm_topo(R->c)->host);
         fflush(stderr);
         for (;;) pause();
