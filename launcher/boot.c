@@ -283,9 +283,15 @@ static int report(struct boot *b, const struct boot_opts *o, tp_err *e) {
     if (!dst) return tp_errf(e, TP_ENOMEM, "out of host memory");
     int rc = comm_all_gather(b->comm, line, dst, sizeof line, e);
     if (rc == 0 && b->rank == 0 && !o->quiet) {
-        fprintf(stderr, "tpllm %s: %s (%s), %lld layers, tp=%d, ctx %lld, kv %s, %lld KV blocks of %lld tokens per rank\n",
-                TPLLM_VERSION, o->model, b->cfg.arch_name, (long long)b->cfg.n_layer, b->size, (long long)o->eng.ctx,
-                dtype_name(o->eng.kv_type), (long long)engine_n_blocks(b->engine), (long long)engine_block_size(b->engine));
+#ifdef TPLLM_HAVE_CUDA
+        const char *built = "cpu + cuda (sm " TPLLM_CUDA_ARCHS_STR ")";
+#else
+        const char *built = "cpu only (no CUDA toolkit at build time)";
+#endif
+        fprintf(stderr, "tpllm %s [built: %s]: %s (%s), %lld layers, tp=%d, ctx %lld, kv %s, %lld KV blocks of %lld tokens per rank\n",
+                TPLLM_VERSION, built, o->model, b->cfg.arch_name, (long long)b->cfg.n_layer, b->size,
+                (long long)engine_ctx(b->engine), dtype_name(o->eng.kv_type), (long long)engine_n_blocks(b->engine),
+                (long long)engine_block_size(b->engine));
         for (int r = 0; r < b->size; r++) fprintf(stderr, "  %s\n", dst + (size_t)r * sizeof line);
     }
     free(dst);
