@@ -165,6 +165,13 @@ void kbackend_describe(const struct kbackend *b, char *buf, size_t n);
 /* Free and total memory of the backend's device (CPU: host MemAvailable / MemTotal).
  * Either pointer may be NULL. Returns 0 or a negative status. */
 int kbackend_mem_info(const struct kbackend *b, int64_t *free_bytes, int64_t *total_bytes);
+/* CUDA backend only: the sticky error of its last failed op (ops return void), or 0;
+ * and the stream its work is queued on (for the communicator). Both are no-ops / NULL on
+ * other backends and in builds without CUDA. */
+int kbackend_cuda_status(struct kbackend *b, tp_err *e);
+void *kbackend_cuda_stream(struct kbackend *b);
+/* CUDA devices visible to this process (0 without CUDA or without a device). */
+int kbackend_cuda_device_count(void);
 /* Whether CUDA support was compiled in. */
 bool kbackend_cuda_compiled(void);
 

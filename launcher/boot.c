@@ -209,7 +209,9 @@ static int start_local(struct boot *b, const struct boot_opts *o, tp_err *e) {
                                .max_ctx = o->eng.ctx,
                                .max_heads = b->cfg.n_head,
                                .simd = -1,
-                               .device = comm_topo(b->comm)->local_rank};
+                               .device = 0};
+    int n_dev = kbackend_cuda_device_count();
+    if (n_dev > 0) ko.device = comm_topo(b->comm)->local_rank % n_dev; /* more ranks than GPUs: they share */
     bool want_cuda = !strcmp(o->backend, "cuda");
     if (!strcmp(o->backend, "auto") && kbackend_cuda_compiled()) {
         tp_err probe = {0};
@@ -222,7 +224,13 @@ static int start_local(struct boot *b, const struct boot_opts *o, tp_err *e) {
     } else if ((rc = kbackend_cpu_create(&b->be, &ko, e))) {
         return rc;
     }
-    return plan_memory(b, o, &ko, e);
+    if ((rc = plan_memory(b, o, &ko, e))) return rc;
+    /* CUDA ranks exchange device buffers: NCCL, or host-staged MPI when GPUs are shared */
+    if (strcmp(b->be->ops->name, "cpu") && b->size > 1) {
+        if ((rc = comm_create_device(&b->dev_comm, b->comm, ko.device, 0, e))) return rc;
+        comm_set_stream(b->dev_comm, kbackend_cuda_stream(b->be));
+    }
+    return 0;
 }
 
 /* Rank 0's loading progress: a bar on a terminal, a line per quarter otherwise. */
@@ -268,12 +276,14 @@ static int load_weights(struct boot *b, tp_err *e) {
 
 /* Collect one line per rank on rank 0 and print them. */
 static int report(struct boot *b, const struct boot_opts *o, tp_err *e) {
-    char line[384], desc[160];
+    char line[640], desc[256];
     kbackend_describe(b->be, desc, sizeof desc);
     const struct model_shard *sh = &b->model.sh;
+    char cdesc[64];
+    comm_describe(b->dev_comm ? b->dev_comm : b->comm, cdesc, sizeof cdesc);
     snprintf(line, sizeof line,
-             "rank %d/%d host %s | %s | heads %lld-%lld kv %lld-%lld ffn %lld-%lld vocab %lld-%lld | weights %.1f MiB read %.1f MiB in %.2f s",
-             b->rank, b->size, comm_topo(b->comm)->host, desc, (long long)sh->q_head0,
+             "rank %d/%d host %s | %s | %s | heads %lld-%lld kv %lld-%lld ffn %lld-%lld vocab %lld-%lld | weights %.1f MiB read %.1f MiB in %.2f s",
+             b->rank, b->size, comm_topo(b->comm)->host, desc, cdesc, (long long)sh->q_head0,
              (long long)(sh->q_head0 + sh->n_head_l), (long long)sh->kv_head0, (long long)(sh->kv_head0 + sh->n_kv_l),
              (long long)sh->ff0, (long long)(sh->ff0 + sh->n_ff_l), (long long)sh->vocab0,
              (long long)(sh->vocab0 + sh->n_vocab_l), (double)b->model.weights_bytes / (1 << 20),
@@ -320,6 +330,7 @@ int boot_start(struct boot *b, const struct boot_opts *o, tp_err *e) {
     if ((rc = agree(b, rc, e))) return rc;
     double old = comm_get_timeout(b->comm);
     comm_set_timeout(b->comm, TP_MAX(old, 600.0)); /* loading a large shard may take minutes */
+    if (b->dev_comm) comm_set_timeout(b->dev_comm, TP_MAX(old, 600.0));
     rc = load_weights(b, e);
     if ((rc = agree(b, rc, e))) return rc;
     struct engine_opts eo = o->eng;
@@ -332,10 +343,11 @@ int boot_start(struct boot *b, const struct boot_opts *o, tp_err *e) {
                     (long long)b->plan_mem.kv_blocks);
         eo.n_blocks = b->plan_mem.kv_blocks;
     }
-    rc = engine_create(&b->engine, &b->model, b->comm, &eo, e);
+    rc = engine_create(&b->engine, &b->model, b->dev_comm ? b->dev_comm : b->comm, &eo, e);
     if (rc == 0 && b->rank == 0) rc = tokenizer_load(&b->tok, b->file, e);
     if ((rc = agree(b, rc, e))) return rc;
     comm_set_timeout(b->comm, old);
+    if (b->dev_comm) comm_set_timeout(b->dev_comm, old);
     return report(b, o, e);
 }
 
@@ -344,6 +356,7 @@ void boot_finish(struct boot *b) {
     tokenizer_free(b->tok);
     if (b->model_loaded) model_free(&b->model);
     kbackend_free(b->be);
+    comm_free(b->dev_comm);
     shard_plan_free(&b->plan);
     plan_free(&b->plan_mem);
     gguf_close(b->file);

@@ -29,7 +29,8 @@ extern const char *boot_opts_usage;
 
 struct boot {
     int rank, size;
-    struct comm *comm;
+    struct comm *comm;       /* MPI: control messages, host buffers */
+    struct comm *dev_comm;   /* CUDA ranks at tp > 1: NCCL (or host-staged MPI) for device buffers; else NULL */
     struct gguf_file *file;
     struct model_config cfg;
     struct shard_plan plan;

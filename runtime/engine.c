@@ -319,7 +319,10 @@ static int run_forward(struct engine *en, const struct step_hdr *h, const struct
     struct fwd_batch b = {.n_tok = h->n_tok, .tokens = v->tokens, .pos = v->pos, .seq = v->seq,
                           .block_tables = v->tables, .n_seq = h->n_seq, .max_blocks = h->max_blocks,
                           .slots = v->slots, .n_logits = h->n_rows, .logit_rows = v->rows};
-    return forward(en->m, &en->rs, &en->kv, en->comm, &b, e);
+    int rc = forward(en->m, &en->rs, &en->kv, en->comm, &b, e);
+    /* a GPU op that failed recorded its error (ops return void): surface it here */
+    if (rc == 0) rc = kbackend_cuda_status(en->m->be, e);
+    return rc;
 }
 
 /* Apply each row's penalties to this rank's vocabulary slice (in backend memory). */

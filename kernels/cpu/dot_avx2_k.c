@@ -19,12 +19,12 @@ struct a2_tokK {
     const int16_t *bs;
 };
 
-/* Per-token state of the K kernels: float accumulator, float min term. */
-A2I void k_tokens(const struct kact_rows *a, int64_t t0, const int NT, struct a2_tokK *tk, __m256 *acc, float *accm) {
+/* Per-token state of the K kernels: activation pointers and a float accumulator (the
+ * min terms of Q2_K/Q4_K/Q5_K are accumulated into it with the negated factor). */
+A2I void k_tokens(const struct kact_rows *a, int64_t t0, const int NT, struct a2_tokK *tk, __m256 *acc) {
     for (int k = 0; k < NT; k++) {
         tk[k] = (struct a2_tokK){kact_qs(a, t0 + k), kact_d(a, t0 + k), kact_bsums(a, t0 + k)};
         acc[k] = _mm256_setzero_ps();
-        accm[k] = 0.0f;
     }
 }
 
@@ -73,8 +73,7 @@ A2I void q45k_body(const bool five, const void *w, int64_t n, const struct kact_
                    float *out) {
     struct a2_tokK tk[KDOT_NT];
     __m256 acc[KDOT_NT];
-    float accm[KDOT_NT];
-    k_tokens(a, t0, NT, tk, acc, accm);
+    k_tokens(a, t0, NT, tk, acc);
     const __m256i m4 = _mm256_set1_epi8(0x0F), m10 = _mm256_set1_epi8(0x10);
     for (int64_t i = 0; i < n / 256; i++) {
         a2_prefetch((const char *)w + (size_t)i * (five ? 176 : 144), five ? 176 : 144);
@@ -112,10 +111,11 @@ A2I void q45k_body(const bool five, const void *w, int64_t n, const struct kact_
             /* bsums of the 16-groups summed in pairs give the 32-value sub-block sums */
             const __m128i *bp = (const __m128i *)(tk[k].bs + 16 * i);
             __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128(bp), _mm_loadu_si128(bp + 1));
-            accm[k] += dmin * tk[k].d[i] * (float)a2_hsum_i32_128(_mm_madd_epi16(pairs, mins));
+            const __m256i mp = _mm256_zextsi128_si256(_mm_madd_epi16(pairs, mins));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * tk[k].d[i]), _mm256_cvtepi32_ps(mp), acc[k]);
         }
     }
-    for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]) - accm[k];
+    for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]);
 }
 A2I void q4k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
     q45k_body(false, w, n, a, t0, NT, out);
@@ -129,8 +129,7 @@ A2_KERNEL(a2_dot_q5_K, q5k_body)
 A2I void q6k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
     struct a2_tokK tk[KDOT_NT];
     __m256 acc[KDOT_NT];
-    float accm[KDOT_NT];
-    k_tokens(a, t0, NT, tk, acc, accm);
+    k_tokens(a, t0, NT, tk, acc);
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     for (int64_t i = 0; i < n / 256; i++) {
         a2_prefetch((const char *)((const blk_q6_K *)w + i), 210);
@@ -182,8 +181,7 @@ A2I __m128i a2_q3k_scales(const uint8_t *s) {
 A2I void q3k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
     struct a2_tokK tk[KDOT_NT];
     __m256 acc[KDOT_NT];
-    float accm[KDOT_NT];
-    k_tokens(a, t0, NT, tk, acc, accm);
+    k_tokens(a, t0, NT, tk, acc);
     const __m256i m3 = _mm256_set1_epi8(3), m4b = _mm256_set1_epi8(4);
     for (int64_t i = 0; i < n / 256; i++) {
         a2_prefetch((const char *)((const blk_q3_K *)w + i), 110);
@@ -221,8 +219,7 @@ A2_KERNEL(a2_dot_q3_K, q3k_body)
 A2I void q2k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
     struct a2_tokK tk[KDOT_NT];
     __m256 acc[KDOT_NT];
-    float accm[KDOT_NT];
-    k_tokens(a, t0, NT, tk, acc, accm);
+    k_tokens(a, t0, NT, tk, acc);
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int64_t i = 0; i < n / 256; i++) {
         a2_prefetch((const char *)((const blk_q2_K *)w + i), 84);
@@ -243,10 +240,11 @@ A2I void q2k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t
         const float dmin = a2_h2f(x->dmin);
         for (int k = 0; k < NT; k++) {
             __m256i bs = _mm256_loadu_si256((const __m256i *)(tk[k].bs + 16 * i));
-            accm[k] += dmin * tk[k].d[i] * (float)a2_hsum_i32(_mm256_madd_epi16(bs, mins));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * tk[k].d[i]), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins)),
+                                     acc[k]);
         }
     }
-    for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]) - accm[k];
+    for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]);
 }
 A2_KERNEL(a2_dot_q2_K, q2k_body)
 

@@ -290,3 +290,19 @@ extern "C" int kbackend_cuda_status(struct kbackend *b, tp_err *e) {
     if (!cb->err.code) return 0;
     return tp_errf(e, cb->err.code, "%s", cb->err.msg);
 }
+
+/* The stream every op of this backend is queued on (NULL for another backend). */
+extern "C" void *kbackend_cuda_stream(struct kbackend *b) {
+    if (!b || b->ops != &cuda_ops) return NULL;
+    return (void *)cuda_of(b)->stream;
+}
+
+/* Devices visible to this process; 0 when the driver reports none or an error. */
+extern "C" int kbackend_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear it: "no device" is an answer here, not a failure */
+        return 0;
+    }
+    return n;
+}

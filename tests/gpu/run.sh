@@ -180,8 +180,36 @@ else
     echo "this tpllm has no verify command yet: skipped"
 fi
 
+step "3b. communicator and tensor parallelism on the GPU"
+{
+    TPLLM_BINARY_DIR="$BUILD" OUT="$OUT" bash "$ROOT/tests/gpu/comm_check.sh" || echo "comm_check exit $?"
+    MPIRUN=$(command -v orterun || command -v mpirun || true)
+    if [ -n "$TPLLM" ] && [ -n "$MPIRUN" ]; then
+        m=${TPLLM_GEMMA:-$ROOT/models/gemma-3-270m-q4_k_m.gguf}
+        [ -f "$m" ] || m=/tmp/tpllm-synth-q4_k.gguf
+        # two ranks on one GPU: host-staged collectives (NCCL refuses a shared GPU)
+        "$MPIRUN" --allow-run-as-root --oversubscribe -np 2 "$TPLLM" verify -m "$m" --backend cuda 2>&1 | tail -6
+    fi
+} 2>&1 | tee "$OUT/tp.log"
+
 step "4. benchmarks"
 {
+    for b in $(find "$BIN" -maxdepth 2 -type f -perm -u+x -name 'bench_cuda_copy'); do "$b"; done
+    # batch-1 decode of a Llama-3-8B-shaped model (weights are zeros: the kernels read every
+    # byte all the same); GB/s = weight bytes read per token x tokens/s
+    if [ -n "$TPLLM" ]; then
+        for ty in q4_0 q8_0 f16; do
+            f=/tmp/bench8b-$ty.gguf
+            [ -f "$f" ] || "$TPLLM" synth --arch llama --dim 4096 --layers 32 --heads 32 --kv-heads 8 --ff 14336 \
+                --vocab 128256 --ctx 4096 --type $ty --zeros -o "$f" >/dev/null
+            wb=$(stat -c %s "$f")
+            "$TPLLM" generate -m "$f" -p "$(printf 'word %.0s' $(seq 1 500))" -n 64 --temp 0 --ignore-eos \
+                --backend cuda -c 1024 --max-batch-tokens 512 -q 2>&1 | grep -E '^prompt' | \
+                awk -v ty=$ty -v wb=$wb '{print "8B " ty ": " $0; for (i=1;i<=NF;i++) if ($i ~ /tok\/s\)$/) last=$(i-1);
+                     gsub(/\(/,"",last); printf "8B %s: decode %.1f tok/s = %.0f GB/s of weights\n", ty, last, last*wb/1e9}'
+        done
+    fi
+
     if [ -n "$TPLLM" ] && "$TPLLM" --help 2>/dev/null | grep -qw bench; then
         m=${TPLLM_GEMMA:-$ROOT/models/gemma-3-270m-q4_k_m.gguf}
         [ -f "$m" ] || m=/tmp/tpllm-synth-q4_k.gguf

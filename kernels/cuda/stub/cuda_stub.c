@@ -19,3 +19,12 @@ int kbackend_cuda_status(struct kbackend *b, tp_err *e) {
     (void)e;
     return 0;
 }
+
+/* No CUDA backend: no stream. */
+void *kbackend_cuda_stream(struct kbackend *b) {
+    (void)b;
+    return NULL;
+}
+
+/* No CUDA: no devices. */
+int kbackend_cuda_device_count(void) { return 0; }
