@@ -262,14 +262,10 @@ static void show_progress(void *user, uint64_t done, uint64_t total) {
 static int load_weights(struct boot *b, tp_err *e) {
     double t0 = now_s();
     struct load_progress lp = {.t0 = t0, .last = -1, .tty = isatty(STDERR_FILENO)};
-    if (b->rank == 0 && !b->quiet) {
-        b->model.progress = show_progress;
-        b->model.progress_user = &lp;
-    }
-    int rc = model_load(&b->model, b->file, &b->cfg, &b->plan, b->rank, b->be, e);
+    bool show = b->rank == 0 && !b->quiet;
+    int rc = model_load_progress(&b->model, b->file, &b->cfg, &b->plan, b->rank, b->be, show ? show_progress : NULL,
+                                 show ? &lp : NULL, e);
     if (rc == 0) b->model_loaded = true;
-    b->model.progress = NULL;
-    b->model.progress_user = NULL;
     b->load_seconds = now_s() - t0;
     return rc;
 }

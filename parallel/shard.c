@@ -26,8 +26,9 @@ static int64_t lcm64(int64_t a, int64_t b) { return a / gcd64(a, b) * b; }
 /* Chunk sizes: heads must be grouped so that (a) each chunk's attn_output columns start
  * on a block boundary, and (b) when tp <= n_head_kv, a chunk is whole KV groups so no
  * KV head is replicated. */
-/* Column alignment of row-parallel slices: whole quantization blocks, and at least 64
- * columns (the CPU kernels pair 32-value blocks; matmul_f64's granules follow slices). */
+/* Column alignment of row-parallel slices: whole quantization blocks, and at least 256
+ * columns: matmul_f64 sums granules that follow the slices, and granules much shorter
+ * than that cost more in kernel calls than they compute. */
 static int64_t col_align(int64_t block) { return lcm64(block > 0 ? block : 1, 64); }
 
 static int64_t head_unit(const struct shard_model *m, int tp) {

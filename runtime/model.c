@@ -248,11 +248,15 @@ static struct kmat mat_of(const struct wspec *w, void *dst) {
 
 int model_load(struct model *m, const struct gguf_file *f, const struct model_config *c, const struct shard_plan *p,
                int rank, struct kbackend *be, tp_err *e) {
-    void (*progress)(void *, uint64_t, uint64_t) = m->progress;
-    void *progress_user = m->progress_user;
+    return model_load_progress(m, f, c, p, rank, be, NULL, NULL, e);
+}
+
+int model_load_progress(struct model *m, const struct gguf_file *f, const struct model_config *c,
+                        const struct shard_plan *p, int rank, struct kbackend *be,
+                        void (*progress)(void *user, uint64_t done, uint64_t total), void *user, tp_err *e) {
     memset(m, 0, sizeof *m);
     m->progress = progress;
-    m->progress_user = progress_user;
+    m->progress_user = user;
     m->cfg = *c;
     m->file = f;
     m->be = be;
@@ -363,6 +367,8 @@ int model_load(struct model *m, const struct gguf_file *f, const struct model_co
         m->bytes_read += (size_t)nf * sizeof(float);
     }
     be->ops->sync(be);
+    m->progress = NULL;
+    m->progress_user = NULL;
     free(stage);
     free(specs);
     return 0;

@@ -52,8 +52,7 @@ struct model {
     void *weights_mem;             /* the one backend allocation holding every weight above */
     size_t weights_bytes;          /* its size */
     uint64_t bytes_read;           /* bytes this rank copied out of the file */
-    /* Optional: called while loading with the bytes loaded so far and the total (set
-     * before model_load; the loader keeps it). */
+    /* while loading (model_load_progress): called with the bytes loaded so far and the total */
     void (*progress)(void *user, uint64_t done, uint64_t total);
     void *progress_user;
 };
@@ -80,10 +79,13 @@ int model_slices(const struct model_config *c, const struct gguf_file *f, const 
                  struct model_slice **out, int *n, tp_err *e);
 
 /* Load this rank's shard of every weight into backend memory, reading only its byte
- * ranges of the file. Tensors of unsupported types are refused by name. m->progress and
- * m->progress_user, when set by the caller before the call, are kept and called. */
+ * ranges of the file. Tensors of unsupported types are refused by name. */
 int model_load(struct model *m, const struct gguf_file *f, const struct model_config *c,
                const struct shard_plan *p, int rank, struct kbackend *be, tp_err *e);
+/* The same, calling progress(user, bytes loaded, total) as it goes (progress may be NULL). */
+int model_load_progress(struct model *m, const struct gguf_file *f, const struct model_config *c,
+                        const struct shard_plan *p, int rank, struct kbackend *be,
+                        void (*progress)(void *user, uint64_t done, uint64_t total), void *user, tp_err *e);
 void model_free(struct model *m);
 
 #endif
