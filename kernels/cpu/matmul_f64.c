@@ -51,13 +51,17 @@ static struct kact_rows act_view(const struct kact_rows *a, enum kact_fmt f, int
     return v;
 }
 
+enum { F64_MAX_GRANULES = 256 };
+
 struct f64_job {
     const struct kmat *w;
     double *y;
-    int64_t n_tok, granule, rows_per_task;
+    int64_t n_tok, granule, rows_per_task, n_gran;
     struct kact_rows act;
     enum kact_fmt fmt;
     kdot_fn dot;
+    struct kact_rows views[F64_MAX_GRANULES]; /* activation view of each granule */
+    size_t w_off[F64_MAX_GRANULES];           /* byte offset of each granule in a weight row */
 };
 
 static void f64_rows(void *arg, int64_t i, int64_t n) {
@@ -69,11 +73,10 @@ static void f64_rows(void *arg, int64_t i, int64_t n) {
         for (int64_t t = 0; t < j->n_tok; t += KDOT_NT) {
             int nt = (int)TP_MIN(KDOT_NT, j->n_tok - t);
             double acc[KDOT_NT] = {0};
-            for (int64_t g0 = 0; g0 < w->n_in; g0 += j->granule) {
-                int64_t gn = TP_MIN(j->granule, w->n_in - g0);
-                struct kact_rows v = act_view(&j->act, j->fmt, g0);
+            for (int64_t g = 0; g < j->n_gran; g++) {
+                int64_t g0 = g * j->granule, gn = TP_MIN(j->granule, w->n_in - g0);
                 float out[KDOT_NT];
-                j->dot(wrow + dtype_row_bytes(w->type, g0), gn, &v, t, nt, out);
+                j->dot(wrow + j->w_off[g], gn, &j->views[g], t, nt, out);
                 for (int k = 0; k < nt; k++) acc[k] += (double)out[k];
             }
             for (int k = 0; k < nt; k++) j->y[(t + k) * w->n_out + r] = acc[k];
@@ -94,24 +97,32 @@ void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const f
     /* granules are whole blocks, and whole block pairs for the Q8_32 layout */
     int64_t unit = kact_fmt_of(w->type) == KACT_Q8_32 ? 2 * blk : blk;
     if (granule <= 0 || granule % unit) granule = TP_MAX(unit, granule / unit * unit);
-    struct f64_job j = {.w = w, .y = y, .granule = granule, .fmt = kact_fmt_of(w->type), .dot = kernel_for(level, w->type)};
-    if (!j.dot) return;
+    /* bound the granule table: a very long row gets proportionally longer granules, still
+     * a multiple of the caller's, so shard boundaries stay on granule boundaries */
+    int64_t n_gran = (w->n_in + granule - 1) / granule;
+    if (n_gran > F64_MAX_GRANULES) {
+        granule *= (n_gran + F64_MAX_GRANULES - 1) / F64_MAX_GRANULES;
+        n_gran = (w->n_in + granule - 1) / granule;
+    }
+    struct f64_job *j = malloc(sizeof *j);
+    void *tmp = NULL;
+    if (!j) goto fail;
+    *j = (struct f64_job){.w = w, .y = y, .granule = granule, .n_gran = n_gran, .fmt = kact_fmt_of(w->type),
+                          .dot = kernel_for(level, w->type)};
+    if (!j->dot) goto done; /* not a weight type: callers validated types at load */
     kact_quant_fn quant = level >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;
-    size_t row_bytes = kact_layout(j.fmt, w->n_in, &j.act);
-    j.act.stride = row_bytes;
+    size_t row_bytes = kact_layout(j->fmt, w->n_in, &j->act);
+    j->act.stride = row_bytes;
+    for (int64_t g = 0; g < n_gran; g++) j->w_off[g] = dtype_row_bytes(w->type, g * granule);
     /* activation rows: in the backend's scratch, or a temporary buffer for a larger call */
     int64_t chunk = n_tok;
-    void *tmp = NULL;
     uint8_t *scratch = c->act_q;
-    if (j.fmt != KACT_F32) {
+    if (j->fmt != KACT_F32) {
         chunk = c->act_q && row_bytes ? (int64_t)TP_MIN((size_t)n_tok, c->act_q_bytes / row_bytes) : 0;
         if (chunk == 0) {
             chunk = TP_MIN(n_tok, 64);
             scratch = tmp = aligned_alloc(64, row_bytes * (size_t)chunk);
-            if (!tmp) {
-                for (int64_t i = 0; i < n_tok * w->n_out; i++) y[i] = __builtin_nan("");
-                return;
-            }
+            if (!tmp) goto fail;
         }
     }
     const int n_threads = c->pool ? TP_MAX(1, c->n_threads) : 1;
@@ -119,25 +130,33 @@ void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const f
                                    : TP_MIN((w->n_out + F64_MIN_ROWS - 1) / F64_MIN_ROWS,
                                             (int64_t)n_threads * F64_TASKS_PER_THREAD);
     tasks = TP_MAX(tasks, 1);
-    j.rows_per_task = (w->n_out + tasks - 1) / tasks;
-    int64_t n_tasks = (w->n_out + j.rows_per_task - 1) / j.rows_per_task;
+    j->rows_per_task = (w->n_out + tasks - 1) / tasks;
+    int64_t n_tasks = (w->n_out + j->rows_per_task - 1) / j->rows_per_task;
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
-        j.n_tok = TP_MIN(chunk, n_tok - t0);
+        j->n_tok = TP_MIN(chunk, n_tok - t0);
         const float *xc = x + t0 * w->n_in;
-        j.y = y + t0 * w->n_out;
-        if (j.fmt == KACT_F32) {
-            j.act.base = (const uint8_t *)xc;
-            j.act.stride = (size_t)w->n_in * sizeof(float);
+        j->y = y + t0 * w->n_out;
+        if (j->fmt == KACT_F32) {
+            j->act.base = (const uint8_t *)xc;
+            j->act.stride = (size_t)w->n_in * sizeof(float);
         } else {
-            j.act.base = scratch;
-            for (int64_t t = 0; t < j.n_tok; t++)
-                quant(j.fmt, xc + t * w->n_in, w->n_in, scratch + (size_t)t * row_bytes, &j.act);
+            j->act.base = scratch;
+            for (int64_t t = 0; t < j->n_tok; t++)
+                quant(j->fmt, xc + t * w->n_in, w->n_in, scratch + (size_t)t * row_bytes, &j->act);
         }
-        if (c->pool && n_tasks > 1) tpool_run(c->pool, f64_rows, &j, n_tasks);
+        for (int64_t g = 0; g < n_gran; g++) j->views[g] = act_view(&j->act, j->fmt, g * granule);
+        if (c->pool && n_tasks > 1) tpool_run(c->pool, f64_rows, j, n_tasks);
         else
-            for (int64_t i = 0; i < n_tasks; i++) f64_rows(&j, i, n_tasks);
+            for (int64_t i = 0; i < n_tasks; i++) f64_rows(j, i, n_tasks);
     }
+done:
     free(tmp);
+    free(j);
+    return;
+fail: /* out of host memory: poison the output rather than return stale values */
+    for (int64_t i = 0; i < n_tok * w->n_out; i++) y[i] = __builtin_nan("");
+    free(tmp);
+    free(j);
 }
 
 void cpu_reduce_f64(struct kbackend *b, float *y, const double *parts, int64_t n_parts, int64_t n) {
