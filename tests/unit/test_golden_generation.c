@@ -7,7 +7,8 @@
  * How strict: llama.cpp's output is itself only defined to within its own numerical
  * spread, which the golden file records by running llama.cpp twice (flash attention off
  * and on). Tokens are compared wherever llama.cpp's two paths agree: greedy tokens up to
- * the first step where its two paths diverge (all 32 on Gemma 3 270M), teacher-forced
+ * the first step where its two paths diverge or its top-2 margin is narrower than the
+ * logit difference measured between tpllm and llama.cpp on the prompt, teacher-forced
  * top-1 at every position where both paths pick the same token and its top-2 margin is
  * wider than the spread between them. Positions outside that are numerical ties; they
  * are counted and printed, not hidden. */
@@ -202,8 +203,14 @@ static void check_model(const char *name) {
     int64_t n_greedy, n_fa;
     int32_t *want = ints(json_object_get(g, "greedy"), &n_greedy);
     int32_t *want_fa = ints(json_object_get(g, "greedy_fa"), &n_fa);
+    /* A step is decided when llama.cpp's two paths agree on it and its top-2 margin is
+     * wider than the disagreement measured above on the prompt's logits: a closer call is
+     * a numerical tie that either implementation may break either way. */
     int64_t decided = 0;
-    while (decided < n_greedy && decided < n_fa && want[decided] == want_fa[decided]) decided++;
+    json_t *gm = json_object_get(g, "greedy_margin");
+    while (decided < n_greedy && decided < n_fa && want[decided] == want_fa[decided] &&
+           json_real_value(json_array_get(gm, (size_t)decided)) > maxdiff)
+        decided++;
     int64_t matched = 0;
     bool diverged = false;
     struct sampler_params sp;
@@ -223,7 +230,7 @@ static void check_model(const char *name) {
     cr_assert_eq(engine_step(r.en, n, ids, pos, seqv, 1, &last_row, &row, &tok, NULL, &e), 0, "%s", e.msg);
     for (int64_t g2 = 0; g2 < n_greedy; g2++) {
         if (g2 < decided)
-            cr_assert_eq(tok, want[g2], "%s: greedy token %lld is %d, llama.cpp %d (llama.cpp's two paths agree on the first %lld)",
+            cr_assert_eq(tok, want[g2], "%s: greedy token %lld is %d, llama.cpp %d (decided steps: the first %lld)",
                          name, (long long)g2, tok, want[g2], (long long)decided);
         if (!diverged && tok == want[g2]) matched++;
         else diverged = true;
@@ -234,8 +241,8 @@ static void check_model(const char *name) {
         if (g2 + 1 < n_greedy) cr_assert_eq(engine_step(r.en, 1, &tok, &p, seqv, 1, &r0, &row, &tok, NULL, &e), 0, "%s", e.msg);
     }
     engine_seq_close(r.en, seq);
-    fprintf(stderr, "[golden] %s: greedy tokens identical to llama.cpp for %lld of 32 (llama.cpp's own two paths agree on %lld)\n",
-            name, (long long)matched, (long long)decided);
+    fprintf(stderr, "[golden] %s: greedy tokens identical to llama.cpp for %lld of 32 (decided by a margin wider than "
+                    "%.3g and by both llama.cpp paths: the first %lld)\n", name, (long long)matched, maxdiff, (long long)decided);
     free(want_fa);
 
     /* 4. teacher forcing: top-1 at every position */
