@@ -205,7 +205,7 @@ static int start_local(struct boot *b, const struct boot_opts *o, tp_err *e) {
 
     struct kbackend_opts ko = {.n_threads = o->threads ? o->threads : comm_topo(b->comm)->threads,
                                .max_tokens = o->eng.max_batch_tokens,
-                               .max_in = TP_MAX(b->cfg.n_embd, b->cfg.n_ff),
+                               .max_in = model_config_max_in(&b->cfg),
                                .max_ctx = o->eng.ctx,
                                .max_heads = b->cfg.n_head,
                                .simd = -1,

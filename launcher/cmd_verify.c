@@ -38,7 +38,7 @@ static int ref_up(struct ref *r, const char *path, const struct engine_opts *eo,
     if (!rc) rc = model_config_load(&r->c, r->f, e);
     if (!rc) rc = model_shard_model(&sm, &r->c, r->f, e);
     if (!rc) rc = shard_plan_build(&r->sp, &sm, 1, e);
-    struct kbackend_opts ko = {.n_threads = 0, .max_tokens = eo->max_batch_tokens, .max_in = TP_MAX(r->c.n_embd, r->c.n_ff),
+    struct kbackend_opts ko = {.n_threads = 0, .max_tokens = eo->max_batch_tokens, .max_in = model_config_max_in(&r->c),
                                .max_ctx = eo->ctx, .max_heads = r->c.n_head, .simd = -1};
     if (!rc) rc = kbackend_cpu_create(&r->be, &ko, e);
     if (!rc) rc = model_load(&r->m, r->f, &r->c, &r->sp, 0, r->be, e);

@@ -59,4 +59,10 @@ bool model_config_tensor_shape(const struct model_config *c, const char *suffix,
 
 const char *model_arch_name(enum model_arch a);
 
+/* The widest matmul input of the model: n_embd, n_ff or n_head x head_dim (attn_output). */
+static inline int64_t model_config_max_in(const struct model_config *c) {
+    int64_t m = c->n_embd > c->n_ff ? c->n_embd : c->n_ff;
+    return m > c->n_head * c->head_dim ? m : c->n_head * c->head_dim;
+}
+
 #endif

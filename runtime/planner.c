@@ -35,11 +35,11 @@ int64_t plan_host_available(int local_ranks) {
 /* Workspace the backend allocates for itself (mirrors kbackend_*_create). */
 static size_t workspace_bytes(const struct plan_opts *o, const struct model_config *c) {
     struct kbackend_opts ko = {.n_threads = TP_MAX(o->n_threads, 1), .max_tokens = o->max_batch_tokens,
-                               .max_in = TP_MAX(c->n_embd, c->n_ff), .max_ctx = o->ctx, .max_heads = c->n_head};
+                               .max_in = model_config_max_in(c), .max_ctx = o->ctx, .max_heads = c->n_head};
     if (o->backend == PLAN_CPU)
         return cpu_matmul_scratch_bytes(&ko) + (size_t)ko.n_threads * (size_t)ko.max_ctx * sizeof(float);
-    /* CUDA: q8 activations and a dequantized f16 weight tile for cuBLAS */
-    return (size_t)o->max_batch_tokens * (size_t)ko.max_in * 2 + ((size_t)64 << 20);
+    /* CUDA: q8 activations (as the CPU layout) and the 64 MiB dequantized f16 weight tile for cuBLAS */
+    return cpu_matmul_scratch_bytes(&ko) + ((size_t)64 << 20);
 }
 
 static struct engine_opts engine_opts_of(const struct plan_opts *o) {

@@ -69,7 +69,7 @@ static A2 void a2_act_q8_32(const float *x, int64_t n, uint8_t *row, const struc
         sums[b] = sum;
         ss[b] = qb_fp16_to_f32(qb_f32_to_fp16((float)sum * d));
         _mm_storeu_ps(dv + 8 * (b / 2) + 4 * (b & 1), _mm_set1_ps(dd[b]));
-        _mm_storeu_si128((__m128i *)(sv + 8 * (b / 2) + 4 * (b & 1)), _mm_set1_epi32(sum));
+        _mm_storeu_si128((__m128i *)(sv + 8 * (b / 2) + 4 * (b & 1)), _mm_set1_epi32(2 * sum));
     }
     if (nb & 1) { /* the missing partner of the last block */
         uint8_t *dst = row + kact_pos32(nb, 0);
@@ -321,10 +321,11 @@ A2I void w32_pair(const enum dtype T, const void *w, int64_t i, const bool one, 
         } else {
             p = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, yl), _mm256_maddubs_epi16(hi, yh)), ones);
         }
-        /* 4 lanes per block: the offset 8 (Q4_0) or 16 (Q5_0) times sum, a quarter each */
+        /* 4 lanes per block: the offset 8 (Q4_0) or 16 (Q5_0) times sum, a quarter each;
+         * sv holds 2 sum, Q4_0's quarter, so that it is subtracted straight from memory */
         const __m256i sv = _mm256_loadu_si256((const __m256i *)(tk[k].sv + 4 * i));
-        if (T == DTYPE_Q4_0) p = _mm256_sub_epi32(p, _mm256_slli_epi32(sv, 1));
-        if (T == DTYPE_Q5_0) p = _mm256_sub_epi32(p, _mm256_slli_epi32(sv, 2));
+        if (T == DTYPE_Q4_0) p = _mm256_sub_epi32(p, sv);
+        if (T == DTYPE_Q5_0) p = _mm256_sub_epi32(p, _mm256_slli_epi32(sv, 1));
         const __m256 sc = _mm256_mul_ps(dwv, _mm256_loadu_ps(tk[k].dv + 4 * i));
         acc[k] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[k]);
         if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) {

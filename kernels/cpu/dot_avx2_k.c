@@ -65,7 +65,8 @@ A2I __m128i a2_k4_scales(const uint8_t *s) {
     u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4); /* scales 4..7 */
     u[2] = mins03;
     u[0] &= m6; /* scales 0..3 */
-    return _mm_loadu_si128((const __m128i *)u);
+    /* from registers: a 16-byte load of the four 4-byte stores would stall (no forwarding) */
+    return _mm_set_epi64x((int64_t)((uint64_t)u[3] << 32 | u[2]), (int64_t)((uint64_t)u[1] << 32 | u[0]));
 }
 
 /* Q4_K and Q5_K: 4 pairs of 32-value sub-blocks sharing 32 bytes of nibbles. */
@@ -175,7 +176,8 @@ A2I __m128i a2_q3k_scales(const uint8_t *s) {
         ((u[0] >> 4) & m4) | (((u[2] >> 4) & m2) << 4),
         ((u[1] >> 4) & m4) | (((u[2] >> 6) & m2) << 4),
     };
-    return _mm_sub_epi8(_mm_loadu_si128((const __m128i *)r), _mm_set1_epi8(32));
+    const __m128i v = _mm_set_epi64x((int64_t)((uint64_t)r[3] << 32 | r[2]), (int64_t)((uint64_t)r[1] << 32 | r[0]));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
 }
 
 A2I void q3k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {
@@ -236,13 +238,12 @@ A2I void q2k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t
             for (int s = 0; s < 4; s++)
                 k_chunk(_mm256_and_si256(lo[s], m3), a2_scale_pair(sb, 4 * h + s, false), i, 4 * h + s, tk, NT, iacc);
         }
-        k_finish(NT, tk, i, a2_h2f(x->d), iacc, acc);
         const float dmin = a2_h2f(x->dmin);
-        for (int k = 0; k < NT; k++) {
-            __m256i bs = _mm256_loadu_si256((const __m256i *)(tk[k].bs + 16 * i));
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * tk[k].d[i]), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins)),
-                                     acc[k]);
+        for (int k = 0; k < NT; k++) { /* the min term first, as llama.cpp's AVX2 kernel */
+            const __m256i mp = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(tk[k].bs + 16 * i)), mins);
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * tk[k].d[i]), _mm256_cvtepi32_ps(mp), acc[k]);
         }
+        k_finish(NT, tk, i, a2_h2f(x->d), iacc, acc);
     }
     for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]);
 }

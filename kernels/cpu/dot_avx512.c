@@ -31,9 +31,9 @@
 
 A5I float a5_h2f(uint16_t h) { return qb_fp16_to_f32(h); }
 
-/* Software prefetch of the weights 1 KiB ahead, as in dot_avx2.c. */
+/* Software prefetch of the weights 2 KiB ahead, as in simd_avx2.h. */
 A5I void a5_prefetch(const char *p, size_t bytes) {
-    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(p + 1024 + o, _MM_HINT_T0);
+    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(p + 2048 + o, _MM_HINT_T0);
 }
 
 A5I float a5_hsum(__m512 v) {
@@ -113,9 +113,13 @@ A5I void w32_pair(const bool q4, const void *w, int64_t i, const bool one, const
     for (int k = 0; k < NT; k++) {
         const __m512i y = _mm512_loadu_si512((const void *)(tk[k].q + 32 * i));
         __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, y);
-        /* 8 lanes per block: the bias (8 for Q4_0, 128 for Q8_0) times sum, an eighth each */
+        /* 8 lanes per block: the bias (8 for Q4_0, 128 for Q8_0) times sum, an eighth each
+         * (sv holds 2 sum) */
         __m512i corr = a5_bcast8_i32(tk[k].sv + 4 * i);
-        if (!q4) corr = _mm512_slli_epi32(corr, 4);
+        if (q4)
+            corr = _mm512_srai_epi32(corr, 1);
+        else
+            corr = _mm512_slli_epi32(corr, 3);
         p = _mm512_sub_epi32(p, corr);
         acc[k] = _mm512_fmadd_ps(_mm512_mul_ps(dwv, a5_bcast8_ps(tk[k].dv + 4 * i)), _mm512_cvtepi32_ps(p), acc[k]);
     }
@@ -166,7 +170,8 @@ A5I __m128i a5_k4_scales(const uint8_t *s) {
     u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4);
     u[2] = mins03;
     u[0] &= m6;
-    return _mm_loadu_si128((const __m128i *)u);
+    /* from registers: a 16-byte load of the four 4-byte stores would stall (no forwarding) */
+    return _mm_set_epi64x((int64_t)((uint64_t)u[3] << 32 | u[2]), (int64_t)((uint64_t)u[1] << 32 | u[0]));
 }
 
 A5I void q4k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT, float *out) {

@@ -47,7 +47,10 @@ static void act_q8_32(const float *x, int64_t n, uint8_t *row, const struct kact
         dd[b] = qb_fp16_to_f32(qb_f32_to_fp16(d));
         sums[b] = sum;
         ss[b] = qb_fp16_to_f32(qb_f32_to_fp16((float)sum * d));
-        for (int k = 0; k < 4; k++) dv[8 * (b / 2) + 4 * (b & 1) + k] = dd[b], sv[8 * (b / 2) + 4 * (b & 1) + k] = sum;
+        for (int k = 0; k < 4; k++) {
+            dv[8 * (b / 2) + 4 * (b & 1) + k] = dd[b];
+            sv[8 * (b / 2) + 4 * (b & 1) + k] = 2 * sum;
+        }
     }
     if (nb & 1) { /* the missing partner of the last block */
         for (int j = 0; j < 32; j++) qs[kact_pos32(nb, j)] = 0;

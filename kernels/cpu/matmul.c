@@ -183,7 +183,9 @@ void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float 
         return;
     }
     struct cpu_backend *c = b->impl;
-    enum ksimd level = TP_MIN(c->simd, cpu_simd_detect());
+    /* the backend chose (and checked) the level at creation; CPUID is not asked per
+     * call, it traps to the hypervisor in a VM */
+    const enum ksimd level = c->simd;
     struct mm_job j = {.w = w, .fmt = kact_fmt_of(w->type), .dot = mm_kernel(level, w->type)};
     if (!j.dot) return; /* not a weight type: callers validated types at load */
     j.quant = level >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;

@@ -92,7 +92,7 @@ void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const f
         return;
     }
     struct cpu_backend *c = b->impl;
-    enum ksimd level = TP_MIN(c->simd, cpu_simd_detect());
+    enum ksimd level = c->simd; /* chosen at creation (CPUID traps to the hypervisor under KVM: never per call) */
     int64_t blk = dtype_block(w->type);
     /* granules are whole blocks, and whole block pairs for the Q8_32 layout */
     int64_t unit = kact_fmt_of(w->type) == KACT_Q8_32 ? 2 * blk : blk;

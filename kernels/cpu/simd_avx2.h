@@ -14,7 +14,7 @@
  * kernels stream weights from memory, and the hardware prefetcher alone leaves part of
  * the bandwidth unused (measured on Zen 3; 0 disables). */
 #ifndef KDOT_PREFETCH
-#define KDOT_PREFETCH 1024
+#define KDOT_PREFETCH 2048
 #endif
 #define A2 __attribute__((target("avx2,fma,f16c")))
 #define A2I static inline __attribute__((always_inline, target("avx2,fma,f16c")))

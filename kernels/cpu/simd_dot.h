@@ -34,9 +34,10 @@ enum kact_fmt {
  *   qs[64p ..] = A[0..15] B[0..15] A[16..31] B[16..31]   (B zero past the last block),
  * so that the low and high nibbles of two weight blocks side by side in one register meet
  * their activations with plain loads. Per pair, pre-broadcast for the SIMD kernels:
- *   dv[8p ..] = dA dA dA dA dB dB dB dB (f32)    sv[8p ..] = sA x4, sB x4 (i32)
- * and per block: d (f32, the fp16-rounded scale ggml stores), sum (i32, sum of the
- * block's values), s (f32, the Q8_1 sum field fp16(d_unrounded * sum)). */
+ *   dv[8p ..] = dA dA dA dA dB dB dB dB (f32)    sv[8p ..] = 2sA x4, 2sB x4 (i32)
+ * (2 sum: Q4_0's offset 8 sum spread over a block's 4 lanes of AVX2 sums), and per
+ * block: d (f32, the fp16-rounded scale ggml stores), sum (i32, sum of the block's
+ * values), s (f32, the Q8_1 sum field fp16(d_unrounded * sum)). */
 struct kact_rows {
     const uint8_t *base;
     size_t stride;

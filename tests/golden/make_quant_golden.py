@@ -15,8 +15,20 @@ Writes tests/golden/quant/<TYPE>.bin, one file per ggml type, little endian:
     section B: f32[n_q] input values, then n_q/block*type_size bytes =
                gguf.quants.quantize(input)
 
-The data comes from a fixed seed, so rerunning reproduces the files exactly.
+and, when llama-cpp-python is installed, tests/golden/quant/<TYPE>.dot.bin: llama.cpp's own
+CPU dot products (libggml-cpu's from_float of the vec_dot type, then vec_dot, called
+through ctypes) of random weight rows with random activations:
+
+    char[4]  "TPQD"
+    u32      version (1), ggml type id, n_in, n_out, n_tok
+    n_out rows of n_in/block*type_size weight bytes
+    f32[n_tok][n_in] activations
+    f32[n_tok][n_out] y = llama.cpp's result
+
+The data comes from a fixed seed, so rerunning reproduces the files exactly (the .dot
+files up to llama.cpp's float rounding on the machine that ran it).
 """
+import ctypes
 import os
 import struct
 import sys
@@ -106,6 +118,69 @@ def quant_input(rng, qt, n):
     return x.astype(np.float32).reshape(-1)
 
 
+K_SCALES = {T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}
+
+
+def load_ggml_cpu():
+    """libggml-cpu of the installed llama-cpp-python, initialised; None if absent."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    lib = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    ctypes.CDLL(os.path.join(lib, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu = ctypes.CDLL(os.path.join(lib, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu.ggml_cpu_init()
+    return cpu
+
+
+class CpuTraits(ctypes.Structure):  # ggml-cpu.h: struct ggml_type_traits_cpu
+    _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p),
+                ("vec_dot_type", ctypes.c_int), ("nrows", ctypes.c_int64)]
+
+
+FROM_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+VEC_DOT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
+                           ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def dot_golden(cpu, rng, qt, n_out=4, n_tok=2):
+    n_in = 263 if qt in (T.F32, T.F16, T.BF16) else 512  # float rows: an odd length for the tails
+    cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(CpuTraits)
+    tr = cpu.ggml_get_type_traits_cpu(int(qt)).contents
+    vt = T(tr.vec_dot_type)
+    block, tsize = GGML_QUANT_SIZES[qt]
+    if qt in K_SCALES:  # random valid blocks, scales small enough to keep sums modest
+        w = rng.integers(0, 256, (n_out, n_in // block, tsize), dtype=np.uint32).astype(np.uint8)
+        for off in K_SCALES[qt]:
+            w[:, :, off:off + 2] = rng.uniform(1e-3, 1e-2, (n_out, n_in // block, 1)).astype(np.float16).view(np.uint8)
+        w = w.reshape(n_out, -1)
+    else:
+        wf = (rng.standard_normal((n_out, n_in)) * 10.0 ** rng.uniform(-2, 0, (n_out, 1))).astype(np.float32)
+        w = np.ascontiguousarray(quants.quantize(wf, qt)).view(np.uint8).reshape(n_out, -1)
+    w = np.ascontiguousarray(w)
+    x = (rng.standard_normal((n_tok, n_in)) * 10.0 ** rng.uniform(-1, 1, (n_tok, 1))).astype(np.float32)
+    from_float = FROM_FLOAT(cpu.ggml_get_type_traits_cpu(int(vt)).contents.from_float)
+    vec_dot = VEC_DOT(tr.vec_dot)
+    vb, vts = GGML_QUANT_SIZES[vt]
+    y = np.zeros((n_tok, n_out), np.float32)
+    for t in range(n_tok):
+        xq = np.zeros(n_in // vb * vts + 64, np.uint8)
+        xt = np.ascontiguousarray(x[t])
+        from_float(xt.ctypes.data, xq.ctypes.data, n_in)
+        for o in range(n_out):
+            r = ctypes.c_float()
+            vec_dot(n_in, ctypes.byref(r), 0, w[o].ctypes.data, 0, xq.ctypes.data, 0, 1)
+            y[t, o] = r.value
+    path = os.path.join(OUT, qt.name + ".dot.bin")
+    with open(path, "wb") as f:
+        f.write(b"TPQD" + struct.pack("<5I", 1, int(qt), n_in, n_out, n_tok))
+        f.write(w.tobytes())
+        f.write(x.astype("<f4").tobytes())
+        f.write(y.astype("<f4").tobytes())
+    print(f"{path}: {os.path.getsize(path)} bytes", file=sys.stderr)
+
+
 def main():
     rng = np.random.default_rng(20240611)
     os.makedirs(OUT, exist_ok=True)
@@ -132,6 +207,14 @@ def main():
             f.write(x)
             f.write(qbytes)
         print(f"{path}: {os.path.getsize(path)} bytes", file=sys.stderr)
+
+    cpu = load_ggml_cpu()
+    if cpu is None:
+        print("llama-cpp-python not installed: .dot.bin files left as they are", file=sys.stderr)
+        return
+    rng = np.random.default_rng(20240612)
+    for qt in TYPES:
+        dot_golden(cpu, rng, qt)
 
 
 if __name__ == "__main__":

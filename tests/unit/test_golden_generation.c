@@ -41,7 +41,7 @@ static void rig_up(struct rig *r, const char *path, int64_t ctx, int64_t max_bat
     cr_assert_eq(model_config_load(&r->c, r->f, &e), 0, "%s", e.msg);
     cr_assert_eq(model_shard_model(&sm, &r->c, r->f, &e), 0, "%s", e.msg);
     cr_assert_eq(shard_plan_build(&r->sp, &sm, 1, &e), 0, "%s", e.msg);
-    struct kbackend_opts ko = {.n_threads = 0, .max_tokens = max_batch, .max_in = TP_MAX(r->c.n_embd, r->c.n_ff),
+    struct kbackend_opts ko = {.n_threads = 0, .max_tokens = max_batch, .max_in = model_config_max_in(&r->c),
                                .max_ctx = ctx, .max_heads = r->c.n_head, .simd = -1};
     cr_assert_eq(kbackend_cpu_create(&r->be, &ko, &e), 0, "%s", e.msg);
     cr_assert_eq(model_load(&r->m, r->f, &r->c, &r->sp, 0, r->be, &e), 0, "%s", e.msg);

@@ -17,7 +17,7 @@ static void check_file(const char *path) {
     cr_assert_eq(gguf_open(&f, path, &e), 0, "%s", e.msg);
     cr_assert_eq(model_config_load(&c, f, &e), 0, "%s", e.msg);
     cr_assert_eq(model_shard_model(&sm, &c, f, &e), 0, "%s", e.msg);
-    struct kbackend_opts ko = {.n_threads = 1, .max_tokens = 1, .max_in = TP_MAX(c.n_embd, c.n_ff), .max_ctx = 16,
+    struct kbackend_opts ko = {.n_threads = 1, .max_tokens = 1, .max_in = model_config_max_in(&c), .max_ctx = 16,
                                .max_heads = c.n_head, .simd = -1};
     struct kbackend *be = NULL;
     cr_assert_eq(kbackend_cpu_create(&be, &ko, &e), 0, "%s", e.msg);

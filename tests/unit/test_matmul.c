@@ -14,7 +14,8 @@
  *    e_i the activation rounding bound: 0.6 amax_block/127 for Q8_0/Q8_1/Q8_K (half a
  *    step plus the fp16 rounding of the scale), |x_i| 2^-11 + 2^-25 for F16, |x_i| 2^-8
  *    for BF16, 0 for F32.
- * Also: thread count and scratch size (chunking) do not change a single bit, a token's
+ * Also against llama.cpp's own CPU dot products (golden files, see the test below).
+ * And: thread count and scratch size (chunking) do not change a single bit, a token's
  * result does not depend on how many tokens share the call, n_out = 0 / n_tok = 0 write
  * nothing, column slices (row_stride larger than the slice's bytes) read only their
  * blocks. */
@@ -89,6 +90,32 @@ static void block_fields(enum dtype t, int *h0, int *h1, int *q0, int *q1) {
 
 static bool is_float_type(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
 
+/* Fills w->deq and w->mag from the rows w->m points at. */
+static void wmat_decode(struct wmat *w) {
+    const enum dtype t = w->m.type;
+    const int64_t n_out = w->m.n_out, n_in = w->m.n_in;
+    const size_t ts = dtype_get(t)->type_size, nbytes = dtype_row_bytes(t, n_in);
+    int h0, h1, q0, q1;
+    block_fields(t, &h0, &h1, &q0, &q1);
+    w->deq = malloc((size_t)(n_out * n_in + 1) * sizeof(float));
+    w->mag = malloc((size_t)(n_out * n_in + 1) * sizeof(float));
+    uint8_t *tmp = malloc(nbytes + 1);
+    float *mt = malloc((size_t)(n_in + 1) * sizeof *mt);
+    for (int64_t o = 0; o < n_out; o++) {
+        const uint8_t *src = (const uint8_t *)w->m.data + (size_t)o * w->m.row_stride;
+        quant_dequantize_row(t, src, w->deq + o * n_in, n_in);
+        for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] = fabsf(w->deq[o * n_in + i]);
+        if (q1 > q0) { /* the min term: the row with its codes zeroed */
+            memcpy(tmp, src, nbytes);
+            for (size_t b = 0; b < nbytes / ts; b++) memset(tmp + b * ts + q0, 0, (size_t)(q1 - q0));
+            quant_dequantize_row(t, tmp, mt, n_in);
+            for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] += fabsf(mt[i]);
+        }
+    }
+    free(tmp);
+    free(mt);
+}
+
 /* n_out rows of `before + n_in + after` values; the kmat is the middle column slice.
  * random_bytes: block types get uniformly random code bytes with random fp16 scales
  * (covering every code, negative scales, Q8_0's -128), otherwise quantized gaussians. */
@@ -97,7 +124,6 @@ static void wmat_make(struct wmat *w, tu_rng *r, enum dtype t, int64_t n_out, in
     const int64_t full = before + n_in + after;
     const size_t row = dtype_row_bytes(t, full);
     const size_t ts = dtype_get(t)->type_size;
-    const int64_t bs = dtype_get(t)->block_size;
     w->buf = aligned_alloc(64, TP_ALIGN_UP(row * (size_t)(n_out ? n_out : 1), 64));
     float *x = malloc((size_t)full * sizeof *x);
     int h0, h1, q0, q1;
@@ -123,25 +149,7 @@ static void wmat_make(struct wmat *w, tu_rng *r, enum dtype t, int64_t n_out, in
     }
     const size_t off = dtype_row_bytes(t, before);
     w->m = (struct kmat){.data = w->buf + off, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = row};
-    w->deq = malloc((size_t)(n_out * n_in + 1) * sizeof(float));
-    w->mag = malloc((size_t)(n_out * n_in + 1) * sizeof(float));
-    uint8_t *tmp = malloc(row);
-    for (int64_t o = 0; o < n_out; o++) {
-        const uint8_t *src = w->buf + (size_t)o * row + off;
-        quant_dequantize_row(t, src, w->deq + o * n_in, n_in);
-        for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] = fabsf(w->deq[o * n_in + i]);
-        if (q1 > q0) { /* the min term: the row with its codes zeroed */
-            size_t nbytes = dtype_row_bytes(t, n_in);
-            memcpy(tmp, src, nbytes);
-            for (size_t b = 0; b < nbytes / ts; b++) memset(tmp + b * ts + q0, 0, (size_t)(q1 - q0));
-            float *mt = malloc((size_t)n_in * sizeof *mt);
-            quant_dequantize_row(t, tmp, mt, n_in);
-            for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] += fabsf(mt[i]);
-            free(mt);
-        }
-    }
-    (void)bs;
-    free(tmp);
+    wmat_decode(w);
     free(x);
 }
 
@@ -278,6 +286,74 @@ Test(matmul, every_type_and_simd_level_matches_the_double_reference) {
             }
             wmat_free(&w);
         }
+    }
+}
+
+/* tests/golden/quant/<TYPE>.dot.bin (tests/golden/make_quant_golden.py): llama.cpp's own CPU
+ * dot products (its from_float and vec_dot, called through llama-cpp-python's libggml-cpu)
+ * of weight rows with activations. They agree within float rounding, plus, for each
+ * activation value that the two quantizers round to different steps, that step times the
+ * weight: llama.cpp's x86 Q8_0/Q8_1 quantizer computes 127/amax and rounds half to even,
+ * ggml's reference (ours) 1/(amax/127) and half away from zero, so a value on a rounding
+ * edge can land one step apart (the test counts those exactly; usually there are none). */
+Test(matmul, every_type_matches_llama_cpps_own_cpu_dot_products) {
+    enum ksimd lv[3];
+    const int n_lv = levels_available(lv);
+    for (size_t k = 0; k < TP_ARRAY_LEN(wtypes); k++) {
+        const enum dtype t = wtypes[k];
+        char rel[128];
+        snprintf(rel, sizeof rel, "tests/golden/quant/%s.dot.bin", dtype_name(t));
+        char *path = tu_src_path(rel);
+        size_t size = 0;
+        uint8_t *file = tu_read_file(path, &size);
+        cr_assert_not_null(file, "cannot read %s; regenerate with tests/golden/make_quant_golden.py", path);
+        free(path);
+        uint32_t h[5];
+        cr_assert(size >= 24 && !memcmp(file, "TPQD", 4), "%s: bad header", rel);
+        memcpy(h, file + 4, sizeof h);
+        cr_assert(h[0] == 1 && h[1] == (uint32_t)t, "%s: version %u type %u", rel, h[0], h[1]);
+        const int64_t n_in = h[2], n_out = h[3], n_tok = h[4];
+        const size_t wbytes = dtype_row_bytes(t, n_in) * (size_t)n_out;
+        cr_assert_eq(size, 24 + wbytes + 4 * (size_t)(n_tok * n_in + n_tok * n_out), "%s: size", rel);
+        struct wmat w = {.buf = aligned_alloc(64, TP_ALIGN_UP(wbytes, 64))};
+        memcpy(w.buf, file + 24, wbytes);
+        w.m = (struct kmat){
+            .data = w.buf, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = wbytes / (size_t)n_out};
+        wmat_decode(&w);
+        float *x = malloc((size_t)(n_tok * n_in) * sizeof *x), *want = malloc((size_t)(n_tok * n_out) * sizeof *want);
+        float *y = malloc((size_t)(n_tok * n_out) * sizeof *y);
+        memcpy(x, file + 24 + wbytes, (size_t)(n_tok * n_in) * sizeof *x);
+        memcpy(want, file + 24 + wbytes + (size_t)(n_tok * n_in) * 4, (size_t)(n_tok * n_out) * sizeof *want);
+        for (int l = 0; l < n_lv; l++) {
+            struct tback b;
+            tback_init(&b, lv[l], NULL, 1, scratch_for(n_tok, n_in));
+            cpu_matmul(&b.kb, y, &w.m, x, n_tok);
+            for (int64_t tk = 0; tk < n_tok; tk++)
+                for (int64_t o = 0; o < n_out; o++) {
+                    const float *xt = x + tk * n_in, *wm = w.mag + o * n_in;
+                    const bool q8_32 = vec_dot_type(t) == DTYPE_Q8_0 || vec_dot_type(t) == DTYPE_Q8_1;
+                    double s = 0, flips = 0;
+                    for (int64_t i = 0; i < n_in; i++) {
+                        s += (double)wm[i] * fabs((double)xt[i]);
+                        if (q8_32) { /* the two roundings of x[i] (see above) */
+                            float amax = 0;
+                            for (int64_t j = i / 32 * 32; j < i / 32 * 32 + 32; j++) amax = fmaxf(amax, fabsf(xt[j]));
+                            const float d = amax / 127, id_ref = d != 0 ? 1.0f / d : 0;
+                            const float id_x86 = amax != 0 ? 127.f / amax : 0;
+                            const float q_ref = roundf(xt[i] * id_ref), q_x86 = nearbyintf(xt[i] * id_x86);
+                            flips += (double)wm[i] * fp16_to_f32(f32_to_fp16(d)) * fabs(q_ref - q_x86);
+                        }
+                    }
+                    const double tol = ((double)n_in / 16 + 32) * 0x1p-23 * s + 1.01 * flips + 1e-30;
+                    const double got = y[tk * n_out + o], ref = want[tk * n_out + o];
+                    cr_assert(fabs(got - ref) <= tol,
+                              "%s (%s): y[%lld][%lld] = %.9g, llama.cpp %.9g (diff %.3g > %.3g)", dtype_name(t),
+                              cpu_simd_name(lv[l]), (long long)tk, (long long)o, got, ref, fabs(got - ref), tol);
+                }
+            tback_free(&b);
+        }
+        free(x), free(want), free(y), free(file);
+        wmat_free(&w);
     }
 }
 

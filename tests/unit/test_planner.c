@@ -100,7 +100,7 @@ static int start(const char *path, int64_t budget, const struct plan *p, struct 
     if (!rc) rc = model_config_load(&c, f, e);
     if (!rc) rc = model_shard_model(&sm, &c, f, e);
     if (!rc) rc = shard_plan_build(&sp, &sm, 1, e);
-    struct kbackend_opts ko = {.n_threads = 1, .max_tokens = p->o.max_batch_tokens, .max_in = TP_MAX(c.n_embd, c.n_ff),
+    struct kbackend_opts ko = {.n_threads = 1, .max_tokens = p->o.max_batch_tokens, .max_in = model_config_max_in(&c),
                                .max_ctx = p->o.ctx, .max_heads = c.n_head, .simd = -1};
     memset(mt, 0, sizeof *mt);
     mt->budget = budget;
