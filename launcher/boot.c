@@ -1,6 +1,7 @@
 /* boot.c - bring a rank up: MPI, communicator, backend, model file, shard plan, weights,
  * engine, tokenizer; print the startup report on rank 0. */
 #include "boot.h"
+#include "progress.h"
 
 #include <errno.h>
 #include <mpi.h>
@@ -233,38 +234,12 @@ static int start_local(struct boot *b, const struct boot_opts *o, tp_err *e) {
     return 0;
 }
 
-/* Rank 0's loading progress: a bar on a terminal, a line per quarter otherwise. */
-struct load_progress {
-    double t0;
-    int last;     /* last percentage (TTY) or quarter (log) shown */
-    bool tty;
-};
-
-static void show_progress(void *user, uint64_t done, uint64_t total) {
-    struct load_progress *lp = user;
-    if (total == 0) return;
-    int pct = (int)(100.0 * (double)done / (double)total);
-    double dt = now_s() - lp->t0, gbs = dt > 0 ? (double)done / dt / 1e9 : 0.0;
-    if (lp->tty) {
-        if (pct == lp->last && done < total) return;
-        lp->last = pct;
-        int w = pct * 30 / 100;
-        fprintf(stderr, "\rloading rank 0 [%.*s%*s] %3d%% %7.1f / %.1f MiB %5.2f GB/s", w,
-                "##############################", 30 - w, "", pct, (double)done / (1 << 20), (double)total / (1 << 20), gbs);
-        if (done >= total) fprintf(stderr, "\n");
-    } else if (pct / 25 > lp->last || done >= total) {
-        lp->last = pct / 25;
-        fprintf(stderr, "loading rank 0: %3d%% %.1f / %.1f MiB, %.2f GB/s\n", pct, (double)done / (1 << 20),
-                (double)total / (1 << 20), gbs);
-    }
-}
-
 static int load_weights(struct boot *b, tp_err *e) {
     double t0 = now_s();
-    struct load_progress lp = {.t0 = t0, .last = -1, .tty = isatty(STDERR_FILENO)};
-    bool show = b->rank == 0 && !b->quiet;
-    int rc = model_load_progress(&b->model, b->file, &b->cfg, &b->plan, b->rank, b->be, show ? show_progress : NULL,
-                                 show ? &lp : NULL, e);
+    struct progress *pg = progress_begin(b->rank, b->size, b->quiet);
+    int rc = model_load_progress(&b->model, b->file, &b->cfg, &b->plan, b->rank, b->be, pg ? progress_update : NULL,
+                                 pg, e);
+    progress_end(pg);
     if (rc == 0) b->model_loaded = true;
     b->load_seconds = now_s() - t0;
     return rc;

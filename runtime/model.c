@@ -367,6 +367,7 @@ int model_load_progress(struct model *m, const struct gguf_file *f, const struct
         m->bytes_read += (size_t)nf * sizeof(float);
     }
     be->ops->sync(be);
+    if (m->progress) m->progress(m->progress_user, m->weights_bytes, m->weights_bytes); /* done (alignment padding included) */
     m->progress = NULL;
     m->progress_user = NULL;
     free(stage);

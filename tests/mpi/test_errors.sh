@@ -43,6 +43,11 @@ expect_fail "unknown or incomplete option" "$bin" generate -m "$work/m.gguf" -p 
 expect_fail "top_p must be in" "$bin" generate -m "$work/m.gguf" -p hi --top-p 1.5
 expect_fail "--device-mem expects a size" "$bin" plan -m "$work/m.gguf" --device-mem lots
 
+# loading progress: rank 0 shows every rank's, to 100%
+out=$("$here/mpirun.sh" -np 2 "$bin" generate -m "$work/m.gguf" -p hi -n 1 2>&1)
+if grep -q "loading rank 1: 100%" <<<"$out" && grep -q "loading rank 0: 100%" <<<"$out"; then echo "ok: progress of every rank on rank 0"; else
+    echo "FAIL: progress lines"; echo "$out" | head; fail=1; fi
+
 out=$("$here/mpirun.sh" -np 2 "$bin" verify -m "$work/m.gguf" -q -n 8 2>&1)
 if grep -q "PASS" <<<"$out"; then echo "ok: verify tp=2: $(grep -m1 'max |difference|' <<<"$out")"; else echo "FAIL: verify"; echo "$out" | tail; fail=1; fi
 exit $fail
