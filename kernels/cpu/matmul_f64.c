@@ -8,50 +8,17 @@
  * the ranks' partial outputs are summed. Float partial sums rounded per rank would make
  * the result depend on the TP size (and greedy decoding could diverge). Granules are
  * aligned to the shard boundaries at every TP size, each granule is computed identically
- * whichever rank holds it, and the double sums differ only by double rounding. */
+ * whichever rank holds it, and the double sums differ only by double rounding.
+ *
+ * A row's granules go through one call of the type's fused granule kernel where the SIMD
+ * level has one (dot_gran.h: bit-identical to a kernel call per granule, without the
+ * per-call overhead that dominates short granules), else through the per-granule loop. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "simd_dot.h"
+#include "dot_gran.h"
 
-enum { F64_MIN_ROWS = 16, F64_TASKS_PER_THREAD = 4 };
-
-static kdot_fn kernel_for(enum ksimd level, enum dtype t) {
-    kdot_fn f = NULL;
-    if (level >= KSIMD_AVX512) f = kdot_avx512(t);
-    if (!f && level >= KSIMD_AVX2) f = kdot_avx2(t);
-    if (!f) f = kdot_scalar(t);
-    return f;
-}
-
-/* The activation rows restricted to columns [g0, ...) of a row laid out by kact_layout
- * (simd_dot.h). For KACT_Q8_32, g0 must be a multiple of 64 (blocks are stored in
- * interleaved pairs); callers use granules of whole pairs. */
-static struct kact_rows act_view(const struct kact_rows *a, enum kact_fmt f, int64_t g0) {
-    struct kact_rows v = *a;
-    size_t u = (size_t)g0;
-    switch (f) {
-    case KACT_F32: v.base += u * 4; break;
-    case KACT_F16:
-    case KACT_BF16: v.base += u * 2; break;
-    case KACT_Q8_32: /* qs: 64 bytes per block pair | dv, sv: 32 bytes per pair | d, sum, s: 4 bytes per block */
-        v.base += u;
-        v.off_dv = a->off_dv + u / 64 * 32 - u;
-        v.off_sv = a->off_sv + u / 64 * 32 - u;
-        v.off_d = a->off_d + u / 32 * 4 - u;
-        v.off_sum = a->off_sum + u / 32 * 4 - u;
-        v.off_s = a->off_s + u / 32 * 4 - u;
-        break;
-    case KACT_Q8_K: /* qs[n] | d[n/256] f32 | bsums[n/16] i16 */
-        v.base += u;
-        v.off_d = a->off_d + u / 256 * 4 - u;
-        v.off_sum = a->off_sum + u / 16 * 2 - u;
-        break;
-    }
-    return v;
-}
-
-enum { F64_MAX_GRANULES = 256 };
+enum { F64_MIN_ROWS = 16, F64_TASKS_PER_THREAD = 4, F64_MAX_GRANULES = 256 };
 
 struct f64_job {
     const struct kmat *w;
@@ -60,6 +27,7 @@ struct f64_job {
     struct kact_rows act;
     enum kact_fmt fmt;
     kdot_fn dot;
+    kdot_gran_fn fused;                       /* the fused granule kernel, or NULL: the per-granule loop */
     struct kact_rows views[F64_MAX_GRANULES]; /* activation view of each granule */
     size_t w_off[F64_MAX_GRANULES];           /* byte offset of each granule in a weight row */
 };
@@ -72,13 +40,9 @@ static void f64_rows(void *arg, int64_t i, int64_t n) {
         const uint8_t *wrow = (const uint8_t *)w->data + (size_t)r * w->row_stride;
         for (int64_t t = 0; t < j->n_tok; t += KDOT_NT) {
             int nt = (int)TP_MIN(KDOT_NT, j->n_tok - t);
-            double acc[KDOT_NT] = {0};
-            for (int64_t g = 0; g < j->n_gran; g++) {
-                int64_t g0 = g * j->granule, gn = TP_MIN(j->granule, w->n_in - g0);
-                float out[KDOT_NT];
-                j->dot(wrow + j->w_off[g], gn, &j->views[g], t, nt, out);
-                for (int k = 0; k < nt; k++) acc[k] += (double)out[k];
-            }
+            double acc[KDOT_NT];
+            if (j->fused) j->fused(wrow, w->n_in, j->granule, &j->act, t, nt, acc);
+            else kdot_gran_loop(j->dot, wrow, w->n_in, j->granule, j->views, j->w_off, t, nt, acc);
             for (int k = 0; k < nt; k++) j->y[(t + k) * w->n_out + r] = acc[k];
         }
     }
@@ -93,9 +57,8 @@ void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const f
     }
     struct cpu_backend *c = b->impl;
     enum ksimd level = c->simd; /* chosen at creation (CPUID traps to the hypervisor under KVM: never per call) */
-    int64_t blk = dtype_block(w->type);
     /* granules are whole blocks, and whole block pairs for the Q8_32 layout */
-    int64_t unit = kact_fmt_of(w->type) == KACT_Q8_32 ? 2 * blk : blk;
+    int64_t unit = kdot_gran_unit(w->type);
     if (granule <= 0 || granule % unit) granule = TP_MAX(unit, granule / unit * unit);
     /* bound the granule table: a very long row gets proportionally longer granules, still
      * a multiple of the caller's, so shard boundaries stay on granule boundaries */
@@ -108,7 +71,7 @@ void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const f
     void *tmp = NULL;
     if (!j) goto fail;
     *j = (struct f64_job){.w = w, .y = y, .granule = granule, .n_gran = n_gran, .fmt = kact_fmt_of(w->type),
-                          .dot = kernel_for(level, w->type)};
+                          .dot = kdot_for(level, w->type), .fused = kdot_gran_fused(level, w->type)};
     if (!j->dot) goto done; /* not a weight type: callers validated types at load */
     kact_quant_fn quant = level >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;
     size_t row_bytes = kact_layout(j->fmt, w->n_in, &j->act);
@@ -144,7 +107,8 @@ void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const f
             for (int64_t t = 0; t < j->n_tok; t++)
                 quant(j->fmt, xc + t * w->n_in, w->n_in, scratch + (size_t)t * row_bytes, &j->act);
         }
-        for (int64_t g = 0; g < n_gran; g++) j->views[g] = act_view(&j->act, j->fmt, g * granule);
+        if (!j->fused)
+            for (int64_t g = 0; g < n_gran; g++) j->views[g] = kact_view(&j->act, j->fmt, g * granule);
         if (c->pool && n_tasks > 1) tpool_run(c->pool, f64_rows, j, n_tasks);
         else
             for (int64_t i = 0; i < n_tasks; i++) f64_rows(j, i, n_tasks);

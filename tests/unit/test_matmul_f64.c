@@ -1,11 +1,13 @@
 /* test_matmul_f64.c - the row-parallel matmul: agrees with matmul, and its partial sums
- * over column slices (tensor-parallel shards) add up to the full result, for every type. */
+ * over column slices (tensor-parallel shards) add up to the full result, for every type
+ * and SIMD level; its fused granule kernels equal the per-granule kernel loop bit for bit. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/dot_gran.h"
 #include "kernels/kernels.h"
 #include "kernels/quant.h"
 #include "testutil.h"
@@ -13,12 +15,11 @@
 static const enum dtype types[] = {DTYPE_F32,  DTYPE_F16,  DTYPE_BF16, DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0, DTYPE_Q5_1,
                                    DTYPE_Q8_0, DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K, DTYPE_Q6_K};
 
-Test(matmul_f64, partial_sums_over_shards_add_up_to_the_full_product_for_every_type) {
-    tu_rng r;
-    tu_rng_init(&r, tu_seed());
+static void check_shards(tu_rng *rng, int simd) {
+    tu_rng r = *rng;
     const int64_t n_out = 37, n_in = 1536, n_tok = 5, granule = 256;
     struct kbackend *b = NULL;
-    struct kbackend_opts o = {.n_threads = 2, .max_tokens = 8, .max_in = n_in, .max_ctx = 16, .max_heads = 1, .simd = -1};
+    struct kbackend_opts o = {.n_threads = 2, .max_tokens = 8, .max_in = n_in, .max_ctx = 16, .max_heads = 1, .simd = simd};
     tp_err e = {0};
     cr_assert_eq(kbackend_cpu_create(&b, &o, &e), 0, "%s", e.msg);
     float *wf = malloc((size_t)(n_out * n_in) * sizeof(float)), *x = malloc((size_t)(n_tok * n_in) * sizeof(float));
@@ -37,7 +38,7 @@ Test(matmul_f64, partial_sums_over_shards_add_up_to_the_full_product_for_every_t
         b->ops->matmul(b, y, &m, x, n_tok);
         b->ops->matmul_f64(b, full, &m, x, n_tok, granule);
         for (int64_t i = 0; i < n_tok * n_out; i++)
-            cr_assert(fabs(full[i] - y[i]) <= 2e-5 * (1.0 + fabs(y[i])), "%s: f64 %.9g vs matmul %.9g", dtype_name(t), full[i], y[i]);
+            cr_assert(fabs(full[i] - y[i]) <= 2e-5 * (1.0 + fabs(y[i])), "%s, simd %d: f64 %.9g vs matmul %.9g", dtype_name(t), simd, full[i], y[i]);
         /* shards at granule boundaries, as the shard plan cuts them: 1, 2, 3 and 6 slices */
         static const int cuts[][7] = {{0, 6}, {0, 3, 6}, {0, 1, 4, 6}, {0, 1, 2, 3, 4, 5, 6}};
         static const int ncuts[] = {2, 3, 4, 7};
@@ -53,8 +54,8 @@ Test(matmul_f64, partial_sums_over_shards_add_up_to_the_full_product_for_every_t
                 free(xs);
             }
             for (int64_t i = 0; i < n_tok * n_out; i++) {
-                cr_assert(fabs(sum[i] - full[i]) <= 1e-12 * (1.0 + fabs(full[i])), "%s, %d shards: %.17g vs %.17g",
-                          dtype_name(t), ncuts[c] - 1, sum[i], full[i]);
+                cr_assert(fabs(sum[i] - full[i]) <= 1e-12 * (1.0 + fabs(full[i])), "%s, simd %d, %d shards: %.17g vs %.17g",
+                          dtype_name(t), simd, ncuts[c] - 1, sum[i], full[i]);
             }
         }
         free(w);
@@ -66,4 +67,86 @@ Test(matmul_f64, partial_sums_over_shards_add_up_to_the_full_product_for_every_t
     cr_assert_float_eq(out, 1e-8f, 1e-15);
     free(wf), free(x), free(y), free(full), free(part), free(sum);
     kbackend_free(b);
+    *rng = r;
+}
+
+Test(matmul_f64, partial_sums_over_shards_add_up_to_the_full_product_for_every_type) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    for (int simd = KSIMD_SCALAR; simd <= (int)cpu_simd_detect(); simd++) check_shards(&r, simd);
+}
+
+/* One weight row of n values of type t against n_tok activation rows at SIMD level
+ * `level`: the fused kernel and the per-granule loop, tiled as cpu_matmul_f64 tiles. */
+static void check_fused(tu_rng *r, enum ksimd level, enum dtype t, int64_t n, int64_t granule, int64_t n_tok) {
+    kdot_gran_fn fused = kdot_gran_fused(level, t);
+    kdot_fn dot = kdot_for(level, t);
+    cr_assert(dot, "%s: no kernel", dtype_name(t));
+    float *wf = malloc((size_t)n * sizeof(float)), *x = malloc((size_t)(n * n_tok) * sizeof(float));
+    tu_fill_uniform(r, wf, (size_t)n, -1.0f, 1.0f);
+    tu_fill_uniform(r, x, (size_t)(n * n_tok), -2.0f, 2.0f);
+    uint8_t *w = malloc(dtype_row_bytes(t, n));
+    quant_quantize_row(t, wf, w, n);
+    enum kact_fmt fmt = kact_fmt_of(t);
+    struct kact_rows act;
+    size_t row_bytes = kact_layout(fmt, n, &act);
+    uint8_t *rows = aligned_alloc(64, row_bytes * (size_t)n_tok);
+    if (fmt == KACT_F32) {
+        act.base = (const uint8_t *)x;
+        act.stride = (size_t)n * sizeof(float);
+    } else {
+        act.base = rows;
+        act.stride = row_bytes;
+        kact_quant_fn quant = level >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;
+        for (int64_t k = 0; k < n_tok; k++) quant(fmt, x + k * n, n, rows + (size_t)k * row_bytes, &act);
+    }
+    int64_t n_gran = (n + granule - 1) / granule;
+    struct kact_rows *views = malloc((size_t)n_gran * sizeof *views);
+    size_t *w_off = malloc((size_t)n_gran * sizeof *w_off);
+    for (int64_t g = 0; g < n_gran; g++) {
+        views[g] = kact_view(&act, fmt, g * granule);
+        w_off[g] = dtype_row_bytes(t, g * granule);
+    }
+    for (int64_t t0 = 0; t0 < n_tok; t0 += KDOT_NT) {
+        int nt = (int)(n_tok - t0 < KDOT_NT ? n_tok - t0 : KDOT_NT);
+        double want[KDOT_NT], got[KDOT_NT];
+        kdot_gran_loop(dot, w, n, granule, views, w_off, t0, nt, want);
+        if (fused) fused(w, n, granule, &act, t0, nt, got);
+        else memcpy(got, want, sizeof got);
+        for (int k = 0; k < nt; k++) {
+            cr_assert(memcmp(&got[k], &want[k], sizeof got[k]) == 0,
+                      "%s, simd %d, n %lld, granule %lld, token %lld of %lld: fused %.17g vs loop %.17g",
+                      dtype_name(t), (int)level, (long long)n, (long long)granule, (long long)(t0 + k),
+                      (long long)n_tok, got[k], want[k]);
+        }
+    }
+    free(views), free(w_off), free(rows), free(w), free(wf), free(x);
+}
+
+Test(matmul_f64, fused_granule_kernels_equal_the_per_granule_loop_bit_for_bit) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    static const int64_t granules[] = {64, 128, 256};
+    /* lengths in blocks: whole granules, a shorter last granule, odd block counts */
+    static const int64_t blocks[] = {1, 2, 3, 5, 8, 9, 17, 24, 33};
+    static const int64_t extra_f[] = {7, 77, 333, 1031}; /* float types: any length */
+    int n_fused = 0;
+    for (int level = KSIMD_SCALAR; level <= (int)cpu_simd_detect(); level++) {
+        for (size_t ti = 0; ti < TP_ARRAY_LEN(types); ti++) {
+            enum dtype t = types[ti];
+            int64_t unit = kdot_gran_unit(t), blk = dtype_block(t);
+            n_fused += kdot_gran_fused((enum ksimd)level, t) != NULL;
+            for (size_t gi = 0; gi < TP_ARRAY_LEN(granules); gi++) {
+                int64_t granule = granules[gi] < unit ? unit : granules[gi] / unit * unit;
+                for (int64_t n_tok = 1; n_tok <= 5; n_tok++) {
+                    for (size_t bi = 0; bi < TP_ARRAY_LEN(blocks); bi++)
+                        check_fused(&r, (enum ksimd)level, t, blocks[bi] * blk, granule, n_tok);
+                    if (blk == 1)
+                        for (size_t i = 0; i < TP_ARRAY_LEN(extra_f); i++)
+                            check_fused(&r, (enum ksimd)level, t, extra_f[i], granule, n_tok);
+                }
+            }
+        }
+    }
+    if (cpu_simd_detect() >= KSIMD_AVX2) cr_assert_geq(n_fused, 6, "fused kernels expected for the AVX2 level");
 }
