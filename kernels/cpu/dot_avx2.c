@@ -22,6 +22,8 @@
 
 #if defined(__x86_64__)
 
+#include "dot_avx2_blocks.h"
+
 /* ------------------------------------------------------------ activation quantization */
 
 /* Packs 4 x 8 int32 (each within int8 range) into 32 int8 in order. */
@@ -214,127 +216,6 @@ A2_KERNEL(a2_dot_f16, f16_body)
 A2_KERNEL(a2_dot_bf16, bf16_body)
 
 /* ------------------------------------------------------------ 32-value block weights */
-
-/* Bit j of the 32-bit word h as 0x10 in byte j, 0 elsewhere. */
-A2I __m256i a2_bits_to_0x10(uint32_t h) {
-    /* byte j takes byte j/8 of h, is or-ed with all bits but bit j%8, and compared to 0xff */
-    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h),
-                                    _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
-    v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
-    v = _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-}
-
-A2I uint32_t a2_u32(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-struct a2_tok32 {
-    const int8_t *q;
-    const float *dv, *s;
-    const int32_t *sv;
-};
-
-/* The weight codes of blocks i and i+1 (B = i+1, absent when `one`) in the activation
- * pair order: lo = A[0..15] B[0..15], hi = A[16..31] B[16..31]; unsigned except Q8_0's.
- * dwv = dA x4, dB x4; mw = (mA, mB) for Q4_1/Q5_1. */
-A2I void w32_pair_unpack(const enum dtype T, const void *w, int64_t i, const bool one, __m256i *lo, __m256i *hi,
-                         __m256 *dwv, __m128 *mw) {
-    uint16_t dA, dB = 0, mA = 0, mB = 0;
-    const uint8_t *qa, *qb = NULL;
-    uint32_t ha = 0, hb = 0;
-    switch (T) {
-    case DTYPE_Q4_0: {
-        const blk_q4_0 *x = (const blk_q4_0 *)w + i;
-        dA = x[0].d, qa = x[0].qs;
-        if (!one) dB = x[1].d, qb = x[1].qs;
-        break;
-    }
-    case DTYPE_Q4_1: {
-        const blk_q4_1 *x = (const blk_q4_1 *)w + i;
-        dA = x[0].d, mA = x[0].m, qa = x[0].qs;
-        if (!one) dB = x[1].d, mB = x[1].m, qb = x[1].qs;
-        break;
-    }
-    case DTYPE_Q5_0: {
-        const blk_q5_0 *x = (const blk_q5_0 *)w + i;
-        dA = x[0].d, qa = x[0].qs, ha = a2_u32(x[0].qh);
-        if (!one) dB = x[1].d, qb = x[1].qs, hb = a2_u32(x[1].qh);
-        break;
-    }
-    case DTYPE_Q5_1: {
-        const blk_q5_1 *x = (const blk_q5_1 *)w + i;
-        dA = x[0].d, mA = x[0].m, qa = x[0].qs, ha = a2_u32(x[0].qh);
-        if (!one) dB = x[1].d, mB = x[1].m, qb = x[1].qs, hb = a2_u32(x[1].qh);
-        break;
-    }
-    default: {
-        const blk_q8_0 *x = (const blk_q8_0 *)w + i;
-        dA = x[0].d, qa = (const uint8_t *)x[0].qs;
-        if (!one) dB = x[1].d, qb = (const uint8_t *)x[1].qs;
-        break;
-    }
-    }
-    const __m128i z = _mm_setzero_si128();
-    if (T == DTYPE_Q8_0) {
-        *lo = _mm256_set_m128i(one ? z : _mm_loadu_si128((const __m128i *)qb), _mm_loadu_si128((const __m128i *)qa));
-        *hi = _mm256_set_m128i(one ? z : _mm_loadu_si128((const __m128i *)(qb + 16)),
-                               _mm_loadu_si128((const __m128i *)(qa + 16)));
-    } else {
-        const __m256i m4 = _mm256_set1_epi8(0x0F);
-        __m256i v = _mm256_set_m128i(one ? z : _mm_loadu_si128((const __m128i *)qb),
-                                     _mm_loadu_si128((const __m128i *)qa));
-        *lo = _mm256_and_si256(v, m4);
-        *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        if (T == DTYPE_Q5_0 || T == DTYPE_Q5_1) {
-            *lo = _mm256_or_si256(*lo, a2_bits_to_0x10((ha & 0xFFFFu) | (hb << 16)));
-            *hi = _mm256_or_si256(*hi, a2_bits_to_0x10((ha >> 16) | (hb & 0xFFFF0000u)));
-        }
-    }
-    /* both fp16 scales converted at once, then spread to dA x4, dB x4 */
-    const __m128 d2 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)dA | (uint32_t)dB << 16)));
-    *dwv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d2), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-    if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1)
-        *mw = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)mA | (uint32_t)mB << 16)));
-}
-
-/* Blocks i, i+1 (i even) against NT tokens, into accumulators acc (and the Q4_1/Q5_1
- * min terms m_w s_a into accm). Lanes 0..3 of the sums are block A's, 4..7 block B's. */
-A2I void w32_pair(const enum dtype T, const void *w, int64_t i, const bool one, const struct a2_tok32 *tk, const int NT,
-                  __m256 *acc, __m128 *accm) {
-    __m256i lo, hi;
-    __m256 dwv;
-    __m128 mw = _mm_setzero_ps();
-    w32_pair_unpack(T, w, i, one, &lo, &hi, &dwv, &mw);
-    const __m256i ones = _mm256_set1_epi16(1);
-    const __m256i alo = T == DTYPE_Q8_0 ? _mm256_sign_epi8(lo, lo) : lo;
-    const __m256i ahi = T == DTYPE_Q8_0 ? _mm256_sign_epi8(hi, hi) : hi;
-    for (int k = 0; k < NT; k++) {
-        const __m256i yl = _mm256_loadu_si256((const __m256i *)(tk[k].q + 32 * i));
-        const __m256i yh = _mm256_loadu_si256((const __m256i *)(tk[k].q + 32 * i + 32));
-        __m256i p;
-        if (T == DTYPE_Q8_0) { /* |w| x sign(a, w); pairs of up to 2*128*127 cannot be added in 16 bits */
-            p = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(alo, _mm256_sign_epi8(yl, lo)), ones),
-                                 _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(yh, hi)), ones));
-        } else {
-            p = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, yl), _mm256_maddubs_epi16(hi, yh)), ones);
-        }
-        /* 4 lanes per block: the offset 8 (Q4_0) or 16 (Q5_0) times sum, a quarter each;
-         * sv holds 2 sum, Q4_0's quarter, so that it is subtracted straight from memory */
-        const __m256i sv = _mm256_loadu_si256((const __m256i *)(tk[k].sv + 4 * i));
-        if (T == DTYPE_Q4_0) p = _mm256_sub_epi32(p, sv);
-        if (T == DTYPE_Q5_0) p = _mm256_sub_epi32(p, _mm256_slli_epi32(sv, 1));
-        const __m256 sc = _mm256_mul_ps(dwv, _mm256_loadu_ps(tk[k].dv + 4 * i));
-        acc[k] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[k]);
-        if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) {
-            const __m128 s2 = one ? _mm_load_ss(tk[k].s + i)
-                                  : _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(tk[k].s + i)));
-            accm[k] = _mm_fmadd_ps(mw, s2, accm[k]);
-        }
-    }
-}
 
 A2I void w32_body(const enum dtype T, const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT,
                   float *out) {

@@ -11,13 +11,9 @@
 
 #if defined(__x86_64__)
 
-/* ------------------------------------------------------------------ K-quant weights */
+#include "dot_avx2_blocks.h"
 
-struct a2_tokK {
-    const int8_t *q;
-    const float *d;
-    const int16_t *bs;
-};
+/* ------------------------------------------------------------------ K-quant weights */
 
 /* Per-token state of the K kernels: activation pointers and a float accumulator (the
  * min terms of Q2_K/Q4_K/Q5_K are accumulated into it with the negated factor). */
@@ -28,93 +24,15 @@ A2I void k_tokens(const struct kact_rows *a, int64_t t0, const int NT, struct a2
     }
 }
 
-/* Scale pair of chunk c (groups 2c and 2c+1 of 16 values) as s16 lanes: low 128 bits
- * group 2c, high 128 bits group 2c+1. `b` holds the 16 scale bytes in both halves;
- * signed scales sit in the high byte of each word and are shifted down arithmetically. */
-A2I __m256i a2_scale_pair(__m256i b, int c, bool is_signed) {
-    const char lo = (char)(2 * c), hi = (char)(2 * c + 1), z = (char)0x80;
-    __m256i ctrl = is_signed ? _mm256_setr_epi8(z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, hi, z, hi, z,
-                                                hi, z, hi, z, hi, z, hi, z, hi, z, hi)
-                             : _mm256_setr_epi8(lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, lo, z, hi, z, hi, z,
-                                                hi, z, hi, z, hi, z, hi, z, hi, z, hi, z);
-    __m256i v = _mm256_shuffle_epi8(b, ctrl);
-    return is_signed ? _mm256_srai_epi16(v, 8) : v;
-}
-
-/* Accumulates chunk c (values 32c..32c+31) of each token: u (unsigned codes) times the
- * token's activations, pairs summed with the scale vector sv. */
-A2I void k_chunk(__m256i u, __m256i sv, int64_t i, int c, const struct a2_tokK *tk, const int NT, __m256i *iacc) {
-    for (int k = 0; k < NT; k++) {
-        __m256i y = _mm256_loadu_si256((const __m256i *)(tk[k].q + 256 * i + 32 * c));
-        iacc[k] = _mm256_add_epi32(iacc[k], _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), sv));
-    }
-}
-
-A2I void k_finish(const int NT, const struct a2_tokK *tk, int64_t i, float d, const __m256i *iacc, __m256 *acc) {
-    for (int k = 0; k < NT; k++)
-        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * tk[k].d[i]), _mm256_cvtepi32_ps(iacc[k]), acc[k]);
-}
-
-/* The 6-bit scales and mins of a Q4_K/Q5_K super-block: bytes 0..7 scales, 8..15 mins. */
-A2I __m128i a2_k4_scales(const uint8_t *s) {
-    uint32_t u[4];
-    memcpy(u, s, 12);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4); /* mins 4..7 */
-    const uint32_t mins03 = u[1] & m6;
-    u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4); /* scales 4..7 */
-    u[2] = mins03;
-    u[0] &= m6; /* scales 0..3 */
-    /* from registers: a 16-byte load of the four 4-byte stores would stall (no forwarding) */
-    return _mm_set_epi64x((int64_t)((uint64_t)u[3] << 32 | u[2]), (int64_t)((uint64_t)u[1] << 32 | u[0]));
-}
-
 /* Q4_K and Q5_K: 4 pairs of 32-value sub-blocks sharing 32 bytes of nibbles. */
 A2I void q45k_body(const bool five, const void *w, int64_t n, const struct kact_rows *a, int64_t t0, const int NT,
                    float *out) {
     struct a2_tokK tk[KDOT_NT];
     __m256 acc[KDOT_NT];
     k_tokens(a, t0, NT, tk, acc);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m10 = _mm256_set1_epi8(0x10);
     for (int64_t i = 0; i < n / 256; i++) {
         a2_prefetch((const char *)w + (size_t)i * (five ? 176 : 144), five ? 176 : 144);
-        const uint8_t *scales, *qs, *qh = NULL;
-        float d, dmin;
-        if (five) {
-            const blk_q5_K *x = (const blk_q5_K *)w + i;
-            scales = x->scales, qs = x->qs, qh = x->qh, d = a2_h2f(x->d), dmin = a2_h2f(x->dmin);
-        } else {
-            const blk_q4_K *x = (const blk_q4_K *)w + i;
-            scales = x->scales, qs = x->qs, d = a2_h2f(x->d), dmin = a2_h2f(x->dmin);
-        }
-        const __m128i sm = a2_k4_scales(scales);
-        /* the 8 scales as s16 in both halves; sub-block j's is broadcast by one shuffle */
-        const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-        const __m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-        __m256i iacc[KDOT_NT];
-        for (int k = 0; k < NT; k++) iacc[k] = _mm256_setzero_si256();
-        __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
-        for (int p = 0; p < 4; p++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * p));
-            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            if (five) {
-                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hbits, 4), m10));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hbits, 3), m10));
-                hbits = _mm256_srli_epi16(hbits, 2);
-            }
-            const __m256i slo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * p + 1) << 8 | 4 * p)));
-            const __m256i shi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * p + 3) << 8 | (4 * p + 2))));
-            k_chunk(lo, slo, i, 2 * p, tk, NT, iacc);
-            k_chunk(hi, shi, i, 2 * p + 1, tk, NT, iacc);
-        }
-        k_finish(NT, tk, i, d, iacc, acc);
-        for (int k = 0; k < NT; k++) {
-            /* bsums of the 16-groups summed in pairs give the 32-value sub-block sums */
-            const __m128i *bp = (const __m128i *)(tk[k].bs + 16 * i);
-            __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128(bp), _mm_loadu_si128(bp + 1));
-            const __m256i mp = _mm256_zextsi128_si256(_mm_madd_epi16(pairs, mins));
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * tk[k].d[i]), _mm256_cvtepi32_ps(mp), acc[k]);
-        }
+        q45k_sblock(five, w, i, tk, NT, acc);
     }
     for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]);
 }
@@ -131,33 +49,9 @@ A2I void q6k_body(const void *w, int64_t n, const struct kact_rows *a, int64_t t
     struct a2_tokK tk[KDOT_NT];
     __m256 acc[KDOT_NT];
     k_tokens(a, t0, NT, tk, acc);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     for (int64_t i = 0; i < n / 256; i++) {
         a2_prefetch((const char *)((const blk_q6_K *)w + i), 210);
-        const blk_q6_K *x = (const blk_q6_K *)w + i;
-        const __m128i s8 = _mm_loadu_si128((const __m128i *)x->scales);
-        const __m256i sb = _mm256_broadcastsi128_si256(s8), sc16 = _mm256_cvtepi8_epi16(s8);
-        __m256i iacc[KDOT_NT];
-        for (int k = 0; k < NT; k++) iacc[k] = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            __m256i ql0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
-            __m256i ql1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
-            __m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
-            __m256i u0 = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-            __m256i u1 = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-            __m256i u2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
-            __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-            k_chunk(u0, a2_scale_pair(sb, 4 * h + 0, true), i, 4 * h + 0, tk, NT, iacc);
-            k_chunk(u1, a2_scale_pair(sb, 4 * h + 1, true), i, 4 * h + 1, tk, NT, iacc);
-            k_chunk(u2, a2_scale_pair(sb, 4 * h + 2, true), i, 4 * h + 2, tk, NT, iacc);
-            k_chunk(u3, a2_scale_pair(sb, 4 * h + 3, true), i, 4 * h + 3, tk, NT, iacc);
-        }
-        for (int k = 0; k < NT; k++) { /* codes are q + 32: take out 32 sum_g sc_g bsum_g */
-            __m256i bs = _mm256_loadu_si256((const __m256i *)(tk[k].bs + 16 * i));
-            iacc[k] = _mm256_sub_epi32(iacc[k], _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
-        }
-        k_finish(NT, tk, i, a2_h2f(x->d), iacc, acc);
+        q6k_sblock(w, i, tk, NT, acc);
     }
     for (int k = 0; k < NT; k++) out[k] = a2_hsum(acc[k]);
 }
