@@ -32,16 +32,6 @@ A2I __m256i a2_pack_i32x32(__m256i i0, __m256i i1, __m256i i2, __m256i i3) {
     return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-/* roundf(v) (halves away from zero) for |v| < 2^23, as int32. */
-A2I __m256i a2_round_away(__m256 v) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 a = _mm256_andnot_ps(sign, v);
-    __m256 f = _mm256_round_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m256 up = _mm256_cmp_ps(_mm256_sub_ps(a, f), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
-    f = _mm256_add_ps(f, _mm256_and_ps(up, _mm256_set1_ps(1.0f)));
-    return _mm256_cvttps_epi32(_mm256_or_ps(f, _mm256_and_ps(v, sign)));
-}
-
 static A2 void a2_act_q8_32(const float *x, int64_t n, uint8_t *row, const struct kact_rows *lay) {
     float *dd = (float *)(row + lay->off_d), *ss = (float *)(row + lay->off_s), *dv = (float *)(row + lay->off_dv);
     int32_t *sums = (int32_t *)(row + lay->off_sum), *sv = (int32_t *)(row + lay->off_sv);
@@ -57,11 +47,12 @@ static A2 void a2_act_q8_32(const float *x, int64_t n, uint8_t *row, const struc
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         h = _mm_max_ss(h, _mm_movehdup_ps(h));
-        const float d = _mm_cvtss_f32(h) / 127;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float amax = _mm_cvtss_f32(h);
+        const float d = amax / 127;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f; /* as llama.cpp's x86 backend */
         const __m256 vid = _mm256_set1_ps(id);
         __m256i q[4];
-        for (int k = 0; k < 4; k++) q[k] = a2_round_away(_mm256_mul_ps(v[k], vid));
+        for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vid)); /* halves to even */
         const __m256i packed = a2_pack_i32x32(q[0], q[1], q[2], q[3]);
         uint8_t *dst = row + kact_pos32(b, 0);
         _mm_storeu_si128((__m128i *)dst, _mm256_castsi256_si128(packed));

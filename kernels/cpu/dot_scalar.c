@@ -36,11 +36,13 @@ static void act_q8_32(const float *x, int64_t n, uint8_t *row, const struct kact
         const float *xb = x + 32 * b;
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) amax = TP_MAX(amax, fabsf(xb[j]));
+        /* as llama.cpp's x86 CPU backend quantizes activations: x * (127 / amax), rounded
+         * half to even (its portable reference uses x / d and rounds halves away) */
         const float d = amax / 127;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         int sum = 0;
         for (int j = 0; j < 32; j++) {
-            int q = (int)roundf(xb[j] * id);
+            int q = sd_nearest_int(xb[j] * id);
             qs[kact_pos32(b, j)] = (int8_t)q;
             sum += q;
         }

@@ -8,8 +8,10 @@
  *   Q4_0/Q5_0/Q8_0 -> Q8_0 (sumi * d_w * d_a),
  *   Q4_1/Q5_1 -> Q8_1 (sumi * d_w * d_a + m_w * s_a),
  *   Q2_K..Q6_K -> Q8_K (d_w * d_a * sum_j sc_j sumi_j - dmin_w * d_a * sum_j m_j bsum_j).
- * The quantized activation values equal quant_quantize_row's (ggml's _ref rounding);
- * they are stored planar, one row per token, rather than as ggml blocks, so that SIMD
+ * Q8_K activations equal quant_quantize_row's (ggml's _ref rounding); Q8_0/Q8_1 ones follow
+ * llama.cpp's x86 backend instead of its portable reference: q = x * (127 / amax) rounded
+ * half to even (the reference divides by d = amax / 127 and rounds halves away, which
+ * changes about one value in 300 by one step). They are stored planar, one row per token, rather than as ggml blocks, so that SIMD
  * loads of the int8 values are contiguous (see struct kact_rows). */
 #ifndef TPLLM_CPU_SIMD_DOT_H
 #define TPLLM_CPU_SIMD_DOT_H

@@ -2,9 +2,9 @@
  * following the CPU backend (ggml's vec_dot scheme).
  *
  * Math. The activation rows are first converted to the weight type's dot-product format,
- * exactly as quant.c's reference quantizers do it (bit-identical quants and scales):
+ * exactly as the CPU backend does it (kernels/cpu/simd_dot.h; bit-identical quants and scales):
  *   F32 -> F32, F16 -> F16, BF16 -> BF16,
- *   Q4_0/Q5_0/Q8_0 -> Q8_0: d = amax/127, q = roundf(x/d), d stored as fp16,
+ *   Q4_0/Q5_0/Q8_0 -> Q8_0: d = amax/127, q = rint(x*(127/amax)), d stored as fp16,
  *   Q4_1/Q5_1      -> Q8_1: as Q8_0, plus s = fp16(d * sum(q)),
  *   K-quants       -> Q8_K: d = max/-127 per 256 (max: the value of largest |x|),
  *                           q = min(127, rint(x * -127/max)), bsums per 16, d as float.
@@ -58,8 +58,8 @@ quant_q8_32_kernel(int8_t *__restrict__ q, float *__restrict__ dd, float *__rest
 #pragma unroll
         for (int o = 16; o; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
         const float d = __fdiv_rn(amax, 127.0f);
-        const float id = d != 0.0f ? __frcp_rn(d) : 0.0f;
-        const int qi = (int)roundf(__fmul_rn(v, id));
+        const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+        const int qi = __float2int_rn(__fmul_rn(v, id)); /* halves to even, as the CPU */
         q[blk * 32 + lane] = (int8_t)qi;
         if (Q81) {
             int sum = qi;

@@ -2,7 +2,8 @@
 """Record llama.cpp's (llama-cpp-python) outputs that tpllm's generation is checked against.
 
 For every model of models.json: the prompt's token ids, the last position's logits (top 64
-and 256 fixed ids), 32 greedy tokens, the argmax and top-2 margin at every position of a
+and 256 fixed ids), 32 greedy tokens (and llama.cpp's margins for them when it evaluates
+them as one batch, with either attention path), the argmax and top-2 margin at every position of a
 256-token teacher-forced sequence, and (Gemma 3 270M) llama.cpp-style perplexity of
 tests/golden/ppl_text.txt.
 
@@ -56,6 +57,25 @@ def greedy_and_tf(path, threads, flash, ids, tf):
     return greedy, margins, np.array(llm.scores[: len(tf)], dtype=np.float32)
 
 
+def batch_margins(path, threads, flash, ids, greedy):
+    """llama.cpp's margin for each of its greedy tokens when the prompt and the greedy tokens
+    are evaluated as one batch (prompt-processing kernels) instead of one token at a time:
+    score of greedy[k] minus the best other score. A step where it is <= 0 is a step
+    llama.cpp itself decides differently depending on how it batches: a numerical tie."""
+    llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=threads, logits_all=True,
+                          verbose=False, seed=0, flash_attn=flash)
+    seq = list(ids) + list(greedy)
+    llm.eval(seq)
+    sc = np.array(llm.scores[: len(seq)], dtype=np.float32)
+    out = []
+    for k, tok in enumerate(greedy):
+        row = sc[len(ids) - 1 + k].copy()
+        best = row[tok]
+        row[tok] = -np.inf
+        out.append(float(best - row.max()))
+    return out
+
+
 def record(name, path, threads):
     llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=threads, logits_all=True,
                           verbose=False, seed=0)
@@ -91,6 +111,8 @@ def record(name, path, threads):
     tf_noise = np.abs(sc_fa - sc).max(axis=1).tolist()
     tf_argmax_fa = np.argmax(sc_fa, axis=1).tolist()
     return {
+        "greedy_batch_margin": batch_margins(path, threads, False, ids, greedy),
+        "greedy_batch_margin_fa": batch_margins(path, threads, True, ids, greedy),
         "greedy_fa": g_fa, "greedy_margin": g_margin, "tf_noise": tf_noise, "tf_argmax_fa": tf_argmax_fa,
         "model": name, "sha256": sha256(path), "n_vocab": n_vocab, "prompt": prompt, "prompt_ids": ids,
         "last_top_ids": top.tolist(), "last_top_logits": last[top].tolist(),

@@ -242,7 +242,7 @@ static void check_matmul(struct kbackend *g, struct kbackend *c, tu_rng *r, enum
     uint8_t *aq = xmalloc(dtype_row_bytes(vt, n_in) + 64);
     float *a = xmalloc((size_t)n_in * sizeof *a);
     for (int64_t tk = 0; tk < n_tok; tk++) {
-        quant_quantize_row(vt, x + tk * n_in, aq, n_in);
+        tu_act_quantize_row(vt, x + tk * n_in, aq, n_in);
         quant_dequantize_row(vt, aq, a, n_in);
         for (int64_t o = 0; o < n_out; o++) {
             double s = 0, gsum = 0, q81 = 0;
@@ -410,7 +410,7 @@ static void check_matmul_f64(struct kbackend *g, struct kbackend *c, tu_rng *r, 
     uint8_t *aq = xmalloc(dtype_row_bytes(vt, n_in) + 64);
     float *a = xmalloc((size_t)n_in * sizeof *a);
     for (int64_t tk = 0; tk < n_tok; tk++) {
-        quant_quantize_row(vt, x + tk * n_in, aq, n_in);
+        tu_act_quantize_row(vt, x + tk * n_in, aq, n_in);
         quant_dequantize_row(vt, aq, a, n_in);
         for (int64_t o = 0; o < n_out; o++) {
             double sm = 0;

@@ -181,7 +181,7 @@ static void check_result(const struct wmat *w, const float *x, int64_t n_tok, co
     float *a = malloc((size_t)n_in * sizeof *a), *e = malloc((size_t)n_in * sizeof *e);
     for (int64_t tk = 0; tk < n_tok; tk++) {
         const float *xt = x + tk * n_in;
-        quant_quantize_row(vt, xt, aq, n_in);
+        tu_act_quantize_row(vt, xt, aq, n_in);
         quant_dequantize_row(vt, aq, a, n_in);
         for (int64_t i = 0; i < n_in; i++) { /* activation rounding bound */
             if (vt == DTYPE_F32) e[i] = 0;

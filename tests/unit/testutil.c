@@ -8,6 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels/quant.h"
+
 uint64_t tu_seed(void) {
     const char *s = getenv("TPLLM_TEST_SEED");
     uint64_t seed = s ? strtoull(s, NULL, 0) : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20));
@@ -81,4 +83,31 @@ int tu_write_file(const char *path, const void *buf, size_t size) {
     size_t w = fwrite(buf, 1, size, f);
     fclose(f);
     return w == size ? 0 : -1;
+}
+
+/* The activation row in ggml block form as the runtime quantizes it: Q8_K (and every
+ * non-Q8_0/Q8_1 type) by the reference quantizer; Q8_0 / Q8_1 as llama.cpp's x86 backend
+ * does, q = x * (127 / amax) rounded half to even, d = amax / 127 (and s = d * sum q). */
+void tu_act_quantize_row(int vt, const float *x, uint8_t *q, int64_t n) {
+    if (vt != DTYPE_Q8_0 && vt != DTYPE_Q8_1) {
+        quant_quantize_row(vt, x, q, n);
+        return;
+    }
+    const size_t bs = vt == DTYPE_Q8_0 ? 34 : 36, qo = bs - 32;
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        uint8_t *blk = q + (size_t)b * bs;
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        const float d = amax / 127, id = amax != 0 ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int v = (int)nearbyintf(xb[j] * id);
+            blk[qo + j] = (uint8_t)(int8_t)v;
+            sum += v;
+        }
+        uint16_t dh = f32_to_fp16(d), sh = f32_to_fp16((float)sum * d);
+        memcpy(blk, &dh, 2);
+        if (vt == DTYPE_Q8_1) memcpy(blk + 2, &sh, 2);
+    }
 }

@@ -21,4 +21,8 @@ char *tu_src_path(const char *rel);
 void *tu_read_file(const char *path, size_t *size);
 int tu_write_file(const char *path, const void *buf, size_t size);
 
+/* An activation row quantized to vt (a dtype) in ggml block form, as the runtime's matmul
+ * quantizes it (Q8_0/Q8_1: llama.cpp's x86 rounding; others: quant_quantize_row). */
+void tu_act_quantize_row(int vt, const float *x, uint8_t *q, int64_t n);
+
 #endif
