@@ -48,7 +48,6 @@ kdot_gran_fn kdot_gran_fused(enum ksimd level, enum dtype t) {
 
 void kdot_gran_loop(kdot_fn dot, const void *w, int64_t n, int64_t granule, const struct kact_rows *views,
                     const size_t *w_off, int64_t t0, int nt, double *out) {
-    for (int k = 0; k < nt; k++) out[k] = 0.0;
     for (int64_t g = 0; g * granule < n; g++) {
         int64_t gn = TP_MIN(granule, n - g * granule);
         float f[KDOT_NT];

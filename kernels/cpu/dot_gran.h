@@ -14,10 +14,12 @@
 
 #include "simd_dot.h"
 
-/* out[k] = sum_g (double) dot_g(row w, activation row t0 + k) for k < nt <= KDOT_NT over
- * the granules [g * granule, min(n, (g + 1) * granule)) of a row of n values, g in
- * order, starting from 0.0. `a` is the whole activation row set (not a view); granule is
- * a positive multiple of the type's granule unit (kdot_gran_unit). */
+/* out[k] += sum_g (double) dot_g(row w, activation row t0 + k) for k < nt <= KDOT_NT over
+ * the granules [g * granule, min(n, (g + 1) * granule)) of a row of n values, added to
+ * out[k] one at a time, g in order (the caller sets out[k] = 0.0 before a row's first
+ * granule). So a row may be done in slices at granule boundaries, w and `a` advanced to
+ * each slice (kact_view), with the same result as one call. granule is a positive
+ * multiple of the type's granule unit (kdot_gran_unit). */
 typedef void (*kdot_gran_fn)(const void *w, int64_t n, int64_t granule, const struct kact_rows *a, int64_t t0, int nt,
                              double *out);
 
@@ -37,8 +39,8 @@ kdot_fn kdot_for(enum ksimd level, enum dtype t);
  * where there is none (the caller then runs kdot_gran_loop). */
 kdot_gran_fn kdot_gran_fused(enum ksimd level, enum dtype t);
 
-/* The reference: kdot_for(level, t) called once per granule, the results summed in
- * double as kdot_gran_fn says. views[g] is kact_view(a, kact_fmt_of(t), g * granule) and
+/* The reference: kdot_for(level, t) called once per granule, the results added to out
+ * in double as kdot_gran_fn says. views[g] is kact_view(a, kact_fmt_of(t), g * granule) and
  * w_off[g] the byte offset of granule g in a weight row (the caller precomputes both). */
 void kdot_gran_loop(kdot_fn dot, const void *w, int64_t n, int64_t granule, const struct kact_rows *views,
                     const size_t *w_off, int64_t t0, int nt, double *out);

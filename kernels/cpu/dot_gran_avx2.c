@@ -6,7 +6,8 @@
  * step: the same unpacking, the same accumulators fed in the same order (the 32-value
  * block kernels alternate block pairs between two accumulators from the granule's first
  * block; a trailing single block goes to the second), and the same horizontal sum at the
- * granule's end, whose float result is then added to a double. The block steps are the
+ * granule's end (for several tokens side by side, each lane's additions in a2_hsum's
+ * order: g2_hsum4), whose float result is then added to a double. The block steps are the
  * kdot_avx2 kernels' own (dot_avx2_blocks.h); test_matmul_f64.c compares every fused
  * kernel with the per-granule loop. Software prefetches (which do not change
  * results) run along the whole row, one per weight line, so short granules stream too. */
@@ -71,7 +72,7 @@ A2I void g2_float_body(const enum g2_float F, const void *w, int64_t n, int64_t 
     double sum[KDOT_NT];
     for (int k = 0; k < NT; k++) {
         y[k] = kact_qs(a, t0 + k);
-        sum[k] = 0.0;
+        sum[k] = out[k];
     }
     const char *pf = w;
     for (int64_t g0 = 0; g0 < n; g0 += granule) {
@@ -110,19 +111,56 @@ G2_FLOAT(G2_BF16, bf16)
 
 /* ------------------------------------------------------------ 32-value block weights */
 
+/* The floats a2_hsum(v[k]) + (m[0] + m[1] of accm[k], Q4_1/Q5_1) of NT = 2..4 tokens
+ * (token k in lane k): the horizontal sums of the tokens done side by side, each lane's
+ * additions in a2_hsum's order, so each float is bit-identical to a2_hsum's:
+ * ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)). Lanes past NT hold 0. */
+A2I __m128 g2_hsum4(const enum dtype T, const __m256 *v, const __m128 *accm, const int NT) {
+    const __m256 z = _mm256_setzero_ps();
+    const __m256 v0 = v[0], v1 = NT > 1 ? v[1] : z, v2 = NT > 2 ? v[2] : z, v3 = NT > 3 ? v[3] : z;
+    /* s01 = (v0 lo + v0 hi | v1 lo + v1 hi), s23 likewise */
+    const __m256 s01 = _mm256_add_ps(_mm256_permute2f128_ps(v0, v1, 0x20), _mm256_permute2f128_ps(v0, v1, 0x31));
+    const __m256 s23 = _mm256_add_ps(_mm256_permute2f128_ps(v2, v3, 0x20), _mm256_permute2f128_ps(v2, v3, 0x31));
+    /* per half: (s0 + s2, s'0 + s'2, s1 + s3, s'1 + s'3), s of token 0 | 1 and s' of 2 | 3 */
+    const __m256 h = _mm256_add_ps(_mm256_unpacklo_ps(s01, s23), _mm256_unpackhi_ps(s01, s23));
+    const __m256 f = _mm256_add_ps(h, _mm256_shuffle_ps(h, h, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* tokens 0, 1, 2, 3 sit in lanes 0, 4, 1, 5 */
+    __m128 r = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)));
+    if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) {
+        const __m128 zm = _mm_setzero_ps();
+        const __m128 p01 = _mm_unpacklo_ps(accm[0], NT > 1 ? accm[1] : zm);
+        const __m128 p23 = _mm_unpacklo_ps(NT > 2 ? accm[2] : zm, NT > 3 ? accm[3] : zm);
+        r = _mm_add_ps(r, _mm_add_ps(_mm_movelh_ps(p01, p23), _mm_movehl_ps(p23, p01)));
+    }
+    return r;
+}
+
 /* As w32_body of dot_avx2.c per granule of blocks [b0, b1); block indices are the row's
  * (a granule starts at an even block, so the activation pairs line up as in a view). */
 A2I void g2_w32_body(const enum dtype T, const void *w, int64_t n, int64_t granule, const struct kact_rows *a,
                      int64_t t0, const int NT, double *out) {
     struct a2_tok32 tk[KDOT_NT];
-    double sum[KDOT_NT];
-    for (int k = 0; k < NT; k++) {
+    for (int k = 0; k < NT; k++)
         tk[k] = (struct a2_tok32){kact_qs(a, t0 + k), kact_dv(a, t0 + k), kact_s(a, t0 + k), kact_sv(a, t0 + k)};
-        sum[k] = 0.0;
+    /* one token: a scalar double; more: the tokens' doubles side by side */
+    double sum1 = out[0];
+    __m256d sumv = _mm256_setzero_pd();
+    if (NT > 1) {
+        double o[4] = {0};
+        for (int k = 0; k < NT; k++) o[k] = out[k];
+        sumv = _mm256_loadu_pd(o);
     }
     const int64_t nb = n / 32, gb = granule / 32;
     const size_t bsz = T == DTYPE_Q4_0 ? 18 : T == DTYPE_Q4_1 ? 20 : T == DTYPE_Q5_0 ? 22 : T == DTYPE_Q5_1 ? 24 : 34;
     const char *pf = w;
+    /* The lane sums of a group of granules wait in gv (and gm) and are reduced after the
+     * group: a granule's horizontal sums are a long dependency chain, and a short granule
+     * (one block pair for attn_output) has too little other work to hide it behind, so
+     * the block steps of the next granules go first. */
+    enum { GROUP = 8 };
+    __m256 gv[GROUP][KDOT_NT];
+    __m128 gm[GROUP][KDOT_NT];
+    int ng = 0;
     for (int64_t b0 = 0; b0 < nb; b0 += gb) {
         const int64_t b1 = TP_MIN(nb, b0 + gb);
         __m256 acc0[KDOT_NT], acc1[KDOT_NT];
@@ -143,12 +181,28 @@ A2I void g2_w32_body(const enum dtype T, const void *w, int64_t n, int64_t granu
         }
         if (i < b1) w32_pair(T, w, i, true, tk, NT, acc1, accm);
         for (int k = 0; k < NT; k++) {
-            float m = 0.0f;
-            if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) m = _mm_cvtss_f32(_mm_add_ss(accm[k], _mm_movehdup_ps(accm[k])));
-            sum[k] += (double)(a2_hsum(_mm256_add_ps(acc0[k], acc1[k])) + m);
+            gv[ng][k] = _mm256_add_ps(acc0[k], acc1[k]);
+            if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) gm[ng][k] = accm[k];
         }
+        if (++ng < GROUP && b1 < nb) continue;
+        for (int g = 0; g < ng; g++) {
+            if (NT == 1) {
+                float m = 0.0f;
+                if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) m = _mm_cvtss_f32(_mm_add_ss(gm[g][0], _mm_movehdup_ps(gm[g][0])));
+                sum1 += (double)(a2_hsum(gv[g][0]) + m);
+            } else {
+                sumv = _mm256_add_pd(sumv, _mm256_cvtps_pd(g2_hsum4(T, gv[g], gm[g], NT)));
+            }
+        }
+        ng = 0;
     }
-    for (int k = 0; k < NT; k++) out[k] = sum[k];
+    if (NT == 1) {
+        out[0] = sum1;
+    } else {
+        double o[4];
+        _mm256_storeu_pd(o, sumv);
+        for (int k = 0; k < NT; k++) out[k] = o[k];
+    }
 }
 
 #define G2_W32(T, name)                                                                                     \
@@ -175,7 +229,7 @@ A2I void g2_k_body(const enum g2_ktype K, const void *w, int64_t n, int64_t gran
     double sum[KDOT_NT];
     for (int k = 0; k < NT; k++) {
         tk[k] = (struct a2_tokK){kact_qs(a, t0 + k), kact_d(a, t0 + k), kact_bsums(a, t0 + k)};
-        sum[k] = 0.0;
+        sum[k] = out[k];
     }
     const int64_t ns = n / 256, gs = granule / 256;
     const size_t bsz = K == G2_Q4_K ? 144 : K == G2_Q5_K ? 176 : 210;

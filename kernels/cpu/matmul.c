@@ -4,9 +4,11 @@
  * One call: (1) the activations x are quantized once into the backend's scratch act_q in
  * the weight type's vec_dot format (simd_dot.h), in parallel over tokens when there are
  * many; (2) the output rows are split into contiguous ranges over the thread pool; each
- * task walks its rows for a block of tokens whose activations stay in L2, and for each
- * row calls the kernel on up to KDOT_NT tokens at a time, so each weight block is
- * unpacked once and reused for those tokens while it is in registers / L1. With one
+ * task takes its rows in blocks whose weights stay in L2, and for each tile of KDOT_NT
+ * tokens calls the kernel on every row of the block: the tile's activations stay in L1
+ * while the rows pass, and each weight block is unpacked once for the tile's tokens.
+ * (Walking rows outermost instead re-reads all the tokens' activations from L2 for every
+ * row, about 2 bytes per value per output: the AVX2 kernels then wait on L2.) With one
  * token (decode) this is a stream over the weight rows at memory bandwidth.
  *
  * Results do not depend on the thread count: every output is computed by the same
@@ -18,8 +20,8 @@
 #include "../quant.h"
 #include "simd_dot.h"
 
-/* Activations of this many bytes per task's token block are kept hot in L2. */
-enum { MM_L2_BUDGET = 256 * 1024, MM_MIN_ROWS = 16, MM_TASKS_PER_THREAD = 4, MM_MIN_TOK_BLOCK = 8 };
+/* Weights of this many bytes (a row block) are kept hot in L2 while the token tiles pass. */
+enum { MM_L2_BUDGET = 256 * 1024, MM_MIN_ROWS = 16, MM_TASKS_PER_THREAD = 4 };
 
 /* ------------------------------------------------------------------ SIMD level */
 
@@ -143,7 +145,7 @@ struct mm_job {
     enum kact_fmt fmt;
     kact_quant_fn quant;
     kdot_fn dot;
-    int64_t rows_per_task, toks_per_task, tok_block;
+    int64_t rows_per_task, toks_per_task, row_block;
 };
 
 static void mm_quant_task(void *arg, int64_t i, int64_t n) {
@@ -158,12 +160,12 @@ static void mm_rows_task(void *arg, int64_t i, int64_t n) {
     const struct mm_job *j = arg;
     const struct kmat *w = j->w;
     const int64_t r0 = i * j->rows_per_task, r1 = TP_MIN(w->n_out, r0 + j->rows_per_task);
-    for (int64_t tb = 0; tb < j->n_tok; tb += j->tok_block) {
-        const int64_t te = TP_MIN(j->n_tok, tb + j->tok_block);
-        for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *wrow = (const uint8_t *)w->data + (size_t)r * w->row_stride;
-            for (int64_t t = tb; t < te; t += KDOT_NT) {
-                int nt = (int)TP_MIN(KDOT_NT, te - t);
+    for (int64_t rb = r0; rb < r1; rb += j->row_block) {
+        const int64_t re = TP_MIN(r1, rb + j->row_block);
+        for (int64_t t = 0; t < j->n_tok; t += KDOT_NT) {
+            int nt = (int)TP_MIN(KDOT_NT, j->n_tok - t);
+            for (int64_t r = rb; r < re; r++) {
+                const uint8_t *wrow = (const uint8_t *)w->data + (size_t)r * w->row_stride;
                 float out[KDOT_NT];
                 j->dot(wrow, w->n_in, &j->act, t, nt, out);
                 for (int k = 0; k < nt; k++) j->y[(t + k) * w->n_out + r] = out[k];
@@ -215,6 +217,7 @@ void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float 
     tasks = TP_MAX(tasks, 1);
     j.rows_per_task = (w->n_out + tasks - 1) / tasks;
     const int64_t n_tasks = (w->n_out + j.rows_per_task - 1) / j.rows_per_task;
+    j.row_block = TP_MAX((int64_t)1, (int64_t)(MM_L2_BUDGET / TP_MAX(w->row_stride, (size_t)1)));
 
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         j.n_tok = TP_MIN(chunk, n_tok - t0);
@@ -229,7 +232,6 @@ void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float 
             j.toks_per_task = (j.n_tok + qtasks - 1) / qtasks;
             run_tasks(c, mm_quant_task, &j, (j.n_tok + j.toks_per_task - 1) / j.toks_per_task);
         }
-        j.tok_block = TP_MAX((int64_t)MM_MIN_TOK_BLOCK, (int64_t)(MM_L2_BUDGET / j.act.stride) / KDOT_NT * KDOT_NT);
         run_tasks(c, mm_rows_task, &j, n_tasks);
     }
     free(tmp);

@@ -405,6 +405,47 @@ Test(matmul, threads_scratch_chunks_and_tile_width_do_not_change_a_bit) {
     tpool_free(pool);
 }
 
+/* Large enough that a task's rows span several L2 row blocks (cpu_matmul walks a block
+ * per token tile): the blocking must not change a bit either, batched or alone. */
+Test(matmul, row_blocks_do_not_change_a_bit) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    tp_err e = {0};
+    struct tpool *pool = NULL;
+    cr_assert_eq(tpool_create(&pool, 2, &e), 0, "tpool_create: %s", e.msg);
+    enum ksimd lv[3];
+    const int n_lv = levels_available(lv);
+    const int64_t n_tok = 6, n_out = 700, n_in = 4096;
+    static const enum dtype types[] = {DTYPE_Q4_0, DTYPE_Q8_0, DTYPE_Q4_K, DTYPE_F16};
+    for (size_t k = 0; k < TP_ARRAY_LEN(types); k++) {
+        const enum dtype t = types[k];
+        struct wmat w;
+        wmat_make(&w, &r, t, n_out, n_in, 0, 0, false);
+        float *x = random_x(&r, n_tok * n_in);
+        const size_t ybytes = (size_t)(n_tok * n_out) * sizeof(float);
+        float *y1 = malloc(ybytes), *y2 = malloc(ybytes), *yt = malloc((size_t)n_out * sizeof *yt);
+        for (int l = 0; l < n_lv; l++) {
+            struct tback one, two;
+            tback_init(&one, lv[l], NULL, 1, scratch_for(n_tok, n_in));
+            tback_init(&two, lv[l], pool, 2, scratch_for(n_tok, n_in));
+            cpu_matmul(&one.kb, y1, &w.m, x, n_tok);
+            cpu_matmul(&two.kb, y2, &w.m, x, n_tok);
+            cr_assert(!memcmp(y1, y2, ybytes), "%s %s: 2 threads differ from 1", dtype_name(t), cpu_simd_name(lv[l]));
+            for (int64_t tk = 0; tk < n_tok; tk++) {
+                cpu_matmul(&one.kb, yt, &w.m, x + tk * n_in, 1);
+                cr_assert(!memcmp(yt, y1 + tk * n_out, (size_t)n_out * sizeof *yt),
+                          "%s %s: token %lld alone differs from the batch", dtype_name(t), cpu_simd_name(lv[l]),
+                          (long long)tk);
+            }
+            check_result(&w, x, n_tok, y1, "(row blocks)");
+            tback_free(&one), tback_free(&two);
+        }
+        free(y1), free(y2), free(yt), free(x);
+        wmat_free(&w);
+    }
+    tpool_free(pool);
+}
+
 Test(matmul, empty_extents_write_nothing) {
     tu_rng r;
     tu_rng_init(&r, tu_seed());

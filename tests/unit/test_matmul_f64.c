@@ -107,20 +107,85 @@ static void check_fused(tu_rng *r, enum ksimd level, enum dtype t, int64_t n, in
         views[g] = kact_view(&act, fmt, g * granule);
         w_off[g] = dtype_row_bytes(t, g * granule);
     }
+    /* the row in two slices at a granule boundary, the sums carried from one to the next */
+    const int64_t gs = n_gran / 2, cut = gs * granule;
     for (int64_t t0 = 0; t0 < n_tok; t0 += KDOT_NT) {
         int nt = (int)(n_tok - t0 < KDOT_NT ? n_tok - t0 : KDOT_NT);
-        double want[KDOT_NT], got[KDOT_NT];
+        double want[KDOT_NT] = {0}, got[KDOT_NT] = {0}, sliced[KDOT_NT] = {0}, one[KDOT_NT] = {0};
         kdot_gran_loop(dot, w, n, granule, views, w_off, t0, nt, want);
-        if (fused) fused(w, n, granule, &act, t0, nt, got);
-        else memcpy(got, want, sizeof got);
+        if (fused) {
+            fused(w, n, granule, &act, t0, nt, got);
+            fused(w, cut, granule, &act, t0, nt, sliced);
+            fused(w + w_off[gs], n - cut, granule, &views[gs], t0, nt, sliced);
+        } else {
+            memcpy(got, want, sizeof got);
+            kdot_gran_loop(dot, w, cut, granule, views, w_off, t0, nt, sliced);
+            kdot_gran_loop(dot, w, n - cut, granule, views + gs, w_off + gs, t0, nt, sliced);
+        }
         for (int k = 0; k < nt; k++) {
             cr_assert(memcmp(&got[k], &want[k], sizeof got[k]) == 0,
                       "%s, simd %d, n %lld, granule %lld, token %lld of %lld: fused %.17g vs loop %.17g",
                       dtype_name(t), (int)level, (long long)n, (long long)granule, (long long)(t0 + k),
                       (long long)n_tok, got[k], want[k]);
+            cr_assert(memcmp(&sliced[k], &want[k], sizeof got[k]) == 0,
+                      "%s, simd %d, n %lld, granule %lld, token %lld: in 2 slices %.17g vs whole %.17g",
+                      dtype_name(t), (int)level, (long long)n, (long long)granule, (long long)(t0 + k), sliced[k],
+                      want[k]);
+            /* a token alone (the decode tile) gives the same bits as in a tile of nt */
+            if (fused) fused(w, n, granule, &act, t0 + k, 1, one);
+            else kdot_gran_loop(dot, w, n, granule, views, w_off, t0 + k, 1, one);
+            cr_assert(memcmp(&one[0], &want[k], sizeof one[0]) == 0,
+                      "%s, simd %d, n %lld, granule %lld, token %lld: alone %.17g vs in a tile %.17g",
+                      dtype_name(t), (int)level, (long long)n, (long long)granule, (long long)(t0 + k), one[0],
+                      want[k]);
+            one[0] = 0.0;
         }
     }
     free(views), free(w_off), free(rows), free(w), free(wf), free(x);
+}
+
+/* A long row (several column slices of the batched path, several L2 row blocks) gives the
+ * same bits with 1 and 2 threads, batched and token by token. */
+Test(matmul_f64, column_slices_row_blocks_and_threads_do_not_change_a_bit) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    const int64_t n_out = 300, n_in = 16384, n_tok = 6, granule = 256;
+    static const enum dtype ts[] = {DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q8_0, DTYPE_Q6_K, DTYPE_F16};
+    float *wf = malloc((size_t)n_in * sizeof(float)), *x = malloc((size_t)(n_tok * n_in) * sizeof(float));
+    tu_fill_uniform(&r, x, (size_t)(n_tok * n_in), -1.0f, 1.0f);
+    double *y1 = malloc((size_t)(n_tok * n_out) * sizeof(double)), *y2 = malloc((size_t)(n_tok * n_out) * sizeof(double));
+    double *yt = malloc((size_t)n_out * sizeof(double));
+    for (int simd = KSIMD_SCALAR; simd <= (int)cpu_simd_detect(); simd++) {
+        struct kbackend *b1 = NULL, *b2 = NULL;
+        struct kbackend_opts o = {.n_threads = 1, .max_tokens = 8, .max_in = n_in, .max_ctx = 16, .max_heads = 1, .simd = simd};
+        tp_err e = {0};
+        cr_assert_eq(kbackend_cpu_create(&b1, &o, &e), 0, "%s", e.msg);
+        o.n_threads = 2;
+        cr_assert_eq(kbackend_cpu_create(&b2, &o, &e), 0, "%s", e.msg);
+        for (size_t ti = 0; ti < TP_ARRAY_LEN(ts); ti++) {
+            enum dtype t = ts[ti];
+            size_t rb = dtype_row_bytes(t, n_in);
+            uint8_t *w = malloc(rb * (size_t)n_out);
+            for (int64_t i = 0; i < n_out; i++) {
+                tu_fill_uniform(&r, wf, (size_t)n_in, -1.0f, 1.0f);
+                quant_quantize_row(t, wf, w + (size_t)i * rb, n_in);
+            }
+            struct kmat m = {.data = w, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = rb};
+            b1->ops->matmul_f64(b1, y1, &m, x, n_tok, granule);
+            b2->ops->matmul_f64(b2, y2, &m, x, n_tok, granule);
+            cr_assert(!memcmp(y1, y2, (size_t)(n_tok * n_out) * sizeof(double)), "%s, simd %d: 2 threads differ from 1",
+                      dtype_name(t), simd);
+            for (int64_t k = 0; k < n_tok; k++) {
+                b2->ops->matmul_f64(b2, yt, &m, x + k * n_in, 1, granule);
+                cr_assert(!memcmp(yt, y1 + k * n_out, (size_t)n_out * sizeof(double)),
+                          "%s, simd %d: token %lld alone differs from the batch", dtype_name(t), simd, (long long)k);
+            }
+            free(w);
+        }
+        kbackend_free(b1);
+        kbackend_free(b2);
+    }
+    free(wf), free(x), free(y1), free(y2), free(yt);
 }
 
 Test(matmul_f64, fused_granule_kernels_equal_the_per_granule_loop_bit_for_bit) {
