@@ -135,9 +135,69 @@ A2I __m128 g2_hsum4(const enum dtype T, const __m256 *v, const __m128 *accm, con
     return r;
 }
 
-/* As w32_body of dot_avx2.c per granule of blocks [b0, b1); block indices are the row's
- * (a granule starts at an even block, so the activation pairs line up as in a view). */
-A2I void g2_w32_body(const enum dtype T, const void *w, int64_t n, int64_t granule, const struct kact_rows *a,
+/* The lane sums of one granule, blocks [b0, b1), as w32_body of dot_avx2.c computes a
+ * row: block pairs alternate between two accumulators (a trailing single block goes to
+ * the second), which are then added; v[k] and (Q4_1/Q5_1) m[k] for each token. Block
+ * indices are the row's (a granule starts at an even block, so the activation pairs line
+ * up as in a view). */
+A2I void g2_w32_granule(const enum dtype T, const void *w, int64_t b0, int64_t b1, const struct a2_tok32 *tk,
+                        const int NT, __m256 *v, __m128 *m) {
+    __m256 acc0[KDOT_NT], acc1[KDOT_NT];
+    __m128 accm[KDOT_NT];
+    for (int k = 0; k < NT; k++) {
+        acc0[k] = acc1[k] = _mm256_setzero_ps();
+        accm[k] = _mm_setzero_ps();
+    }
+    int64_t i = b0;
+    for (; i + 4 <= b1; i += 4) {
+        w32_pair(T, w, i, false, tk, NT, acc0, accm);
+        w32_pair(T, w, i + 2, false, tk, NT, acc1, accm);
+    }
+    if (i + 2 <= b1) {
+        w32_pair(T, w, i, false, tk, NT, acc0, accm);
+        i += 2;
+    }
+    if (i < b1) w32_pair(T, w, i, true, tk, NT, acc1, accm);
+    for (int k = 0; k < NT; k++) {
+        v[k] = _mm256_add_ps(acc0[k], acc1[k]);
+        if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) m[k] = accm[k];
+    }
+}
+
+enum { G2_GROUP = 8 };
+
+/* Adds the float sums of ng buffered granules to the double sums, granule by granule in
+ * order. One token: four granules' horizontal sums side by side (g2_hsum4 with granules
+ * in place of tokens), then added one at a time to sum1; more tokens: the tokens side by
+ * side, one granule after the other, into sumv. */
+A2I void g2_w32_flush(const enum dtype T, __m256 (*gv)[KDOT_NT], __m128 (*gm)[KDOT_NT], int ng, const int NT,
+                      double *sum1, __m256d *sumv) {
+    if (NT == 1) {
+        for (int g = 0; g < ng; g += 4) {
+            const int c = TP_MIN(4, ng - g);
+            __m256 v[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            __m128 m[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+            for (int q = 0; q < c; q++) {
+                v[q] = gv[g + q][0];
+                m[q] = (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) ? gm[g + q][0] : _mm_setzero_ps();
+            }
+            double d[4];
+            _mm256_storeu_pd(d, _mm256_cvtps_pd(g2_hsum4(T, v, m, c)));
+            for (int q = 0; q < c; q++) *sum1 += d[q];
+        }
+        return;
+    }
+    for (int g = 0; g < ng; g++) *sumv = _mm256_add_pd(*sumv, _mm256_cvtps_pd(g2_hsum4(T, gv[g], gm[g], NT)));
+}
+
+/* A row in granules of GB blocks, added to out[]. The lane sums of a group of granules
+ * wait in gv (and gm) and are reduced after the group: a granule's horizontal sums are a
+ * long dependency chain, and a short granule (one block pair for attn_output) has too
+ * little other work to hide it behind, so the block steps of the next granules go first.
+ * GB is a compile-time constant for the common granules, so the loop over whole granules
+ * has a fixed shape (unrolled block steps, no per-granule bounds); the last, partial
+ * granule of a row that is not a multiple of the granule follows it. */
+A2I void g2_w32_body(const enum dtype T, const void *w, int64_t n, const int64_t GB, const struct kact_rows *a,
                      int64_t t0, const int NT, double *out) {
     struct a2_tok32 tk[KDOT_NT];
     for (int k = 0; k < NT; k++)
@@ -150,52 +210,33 @@ A2I void g2_w32_body(const enum dtype T, const void *w, int64_t n, int64_t granu
         for (int k = 0; k < NT; k++) o[k] = out[k];
         sumv = _mm256_loadu_pd(o);
     }
-    const int64_t nb = n / 32, gb = granule / 32;
+    const int64_t nb = n / 32;
     const size_t bsz = T == DTYPE_Q4_0 ? 18 : T == DTYPE_Q4_1 ? 20 : T == DTYPE_Q5_0 ? 22 : T == DTYPE_Q5_1 ? 24 : 34;
     const char *pf = w;
-    /* The lane sums of a group of granules wait in gv (and gm) and are reduced after the
-     * group: a granule's horizontal sums are a long dependency chain, and a short granule
-     * (one block pair for attn_output) has too little other work to hide it behind, so
-     * the block steps of the next granules go first. */
-    enum { GROUP = 8 };
-    __m256 gv[GROUP][KDOT_NT];
-    __m128 gm[GROUP][KDOT_NT];
+    __m256 gv[G2_GROUP][KDOT_NT];
+    __m128 gm[G2_GROUP][KDOT_NT];
     int ng = 0;
-    for (int64_t b0 = 0; b0 < nb; b0 += gb) {
-        const int64_t b1 = TP_MIN(nb, b0 + gb);
-        __m256 acc0[KDOT_NT], acc1[KDOT_NT];
-        __m128 accm[KDOT_NT];
-        for (int k = 0; k < NT; k++) {
-            acc0[k] = acc1[k] = _mm256_setzero_ps();
-            accm[k] = _mm_setzero_ps();
+    int64_t b0 = 0;
+    for (; b0 + GB <= nb; b0 += GB) {
+        g2_prefetch_to(&pf, (const char *)w + (size_t)(b0 + GB) * bsz);
+        g2_w32_granule(T, w, b0, b0 + GB, tk, NT, gv[ng], gm[ng]);
+        if (NT == 1 && GB <= 2) { /* one token, one block pair: straight into the double sum (measured faster) */
+            float f = a2_hsum(gv[0][0]);
+            if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) f += _mm_cvtss_f32(_mm_add_ss(gm[0][0], _mm_movehdup_ps(gm[0][0])));
+            sum1 += (double)f;
+            continue;
         }
-        g2_prefetch_to(&pf, (const char *)w + (size_t)b1 * bsz);
-        int64_t i = b0;
-        for (; i + 4 <= b1; i += 4) {
-            w32_pair(T, w, i, false, tk, NT, acc0, accm);
-            w32_pair(T, w, i + 2, false, tk, NT, acc1, accm);
+        if (++ng == G2_GROUP) {
+            g2_w32_flush(T, gv, gm, ng, NT, &sum1, &sumv);
+            ng = 0;
         }
-        if (i + 2 <= b1) {
-            w32_pair(T, w, i, false, tk, NT, acc0, accm);
-            i += 2;
-        }
-        if (i < b1) w32_pair(T, w, i, true, tk, NT, acc1, accm);
-        for (int k = 0; k < NT; k++) {
-            gv[ng][k] = _mm256_add_ps(acc0[k], acc1[k]);
-            if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) gm[ng][k] = accm[k];
-        }
-        if (++ng < GROUP && b1 < nb) continue;
-        for (int g = 0; g < ng; g++) {
-            if (NT == 1) {
-                float m = 0.0f;
-                if (T == DTYPE_Q4_1 || T == DTYPE_Q5_1) m = _mm_cvtss_f32(_mm_add_ss(gm[g][0], _mm_movehdup_ps(gm[g][0])));
-                sum1 += (double)(a2_hsum(gv[g][0]) + m);
-            } else {
-                sumv = _mm256_add_pd(sumv, _mm256_cvtps_pd(g2_hsum4(T, gv[g], gm[g], NT)));
-            }
-        }
-        ng = 0;
     }
+    if (b0 < nb) {
+        g2_prefetch_to(&pf, (const char *)w + (size_t)nb * bsz);
+        g2_w32_granule(T, w, b0, nb, tk, NT, gv[ng], gm[ng]);
+        ng++;
+    }
+    g2_w32_flush(T, gv, gm, ng, NT, &sum1, &sumv);
     if (NT == 1) {
         out[0] = sum1;
     } else {
@@ -205,10 +246,14 @@ A2I void g2_w32_body(const enum dtype T, const void *w, int64_t n, int64_t granu
     }
 }
 
+/* The common granules (a head of 64 values, an FFN chunk of 256; parallel/shard.c) are
+ * instantiated with a constant block count. */
 #define G2_W32(T, name)                                                                                     \
     A2I void name##_gbody(const void *w, int64_t n, int64_t granule, const struct kact_rows *a, int64_t t0, \
                           const int NT, double *out) {                                                      \
-        g2_w32_body(T, w, n, granule, a, t0, NT, out);                                                      \
+        if (granule == 64) g2_w32_body(T, w, n, 2, a, t0, NT, out);                                         \
+        else if (granule == 256) g2_w32_body(T, w, n, 8, a, t0, NT, out);                                   \
+        else g2_w32_body(T, w, n, granule / 32, a, t0, NT, out);                                            \
     }                                                                                                       \
     G2_KERNEL(g2_gran_##name, name##_gbody)
 G2_W32(DTYPE_Q4_0, q4_0)
