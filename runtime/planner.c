@@ -37,7 +37,7 @@ static size_t workspace_bytes(const struct plan_opts *o, const struct model_conf
     struct kbackend_opts ko = {.n_threads = TP_MAX(o->n_threads, 1), .max_tokens = o->max_batch_tokens,
                                .max_in = model_config_max_in(c), .max_ctx = o->ctx, .max_heads = c->n_head};
     if (o->backend == PLAN_CPU)
-        return cpu_matmul_scratch_bytes(&ko) + (size_t)ko.n_threads * (size_t)ko.max_ctx * sizeof(float);
+        return cpu_matmul_scratch_bytes(&ko) + cpu_attention_scratch_bytes(&ko);
     /* CUDA: q8 activations (as the CPU layout) and the 64 MiB dequantized f16 weight tile for cuBLAS */
     return cpu_matmul_scratch_bytes(&ko) + ((size_t)64 << 20);
 }

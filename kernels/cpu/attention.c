@@ -6,7 +6,9 @@
  *   s_p = scale * q[t][h] . K[slot(p)][g]
  *   out[t][h] = sum_p e^(s_p - m) V[slot(p)][g] / sum_p e^(s_p - m),  m = max_p s_p
  *   slot(p) = block_tables[seq[t] * max_blocks + p / block_size] * block_size + p % block_size
- * Scores go to the calling thread's scratch row of opts.max_ctx floats. A span longer than
+ * Scores go to the calling thread's scratch: CPU_ATT_GROUP rows of opts.max_ctx floats
+ * (heads of one KV group go together, each K and V row read once for them; a head alone
+ * uses the first row). A span longer than
  * that is processed in chunks with the usual online-softmax rescaling (m and the running
  * sums are corrected by e^(m_old - m_new) when a chunk raises the maximum), so any
  * context length works; within one chunk it is the plain two-pass softmax.
@@ -101,7 +103,8 @@ struct att_ctx {
     float scale;
     float *scores; /* [tasks][chunk] */
     int64_t chunk;
-    int64_t n_items; /* n_tok * n_head */
+    int64_t heads;   /* heads per work item: 1, or 2 or 4 heads of one KV group */
+    int64_t n_items; /* n_tok * n_head / heads */
     _Atomic int64_t next;
     bool avx2;
 };
@@ -320,16 +323,115 @@ static void att_one(const struct att_ctx *c, int64_t item, float *sc) {
     }
 }
 
-/* Task i of the pool: takes (token, head) items one at a time until none are left, using
- * scratch row i (task indices are unique within a run, so rows are never shared). */
+#if CPU_HAVE_X86
+enum { ATT_MAX_GROUP = CPU_ATT_GROUP };
+
+/* Heads h0 .. h0 + S - 1 (S <= ATT_MAX_GROUP, all on KV head g) of token t over an f16
+ * cache whose span fits one scratch chunk: for each head exactly the arithmetic of
+ * att_one_f16 (q rounded to f16, q.K as dot_avx2 sums it, two-pass softmax, probabilities
+ * normalised and rounded to f16, V weighted as axpy_avx2 does), so the outputs are the
+ * same bits; but each K and V row is loaded and widened once for the S heads instead of
+ * once per head, and nothing goes through a call per position. */
+static CPU_AVX2 void att_heads_f16_avx2(const struct att_ctx *c, int64_t t, int64_t h0, int S, const int32_t *table,
+                                        int64_t lo, int64_t hi, int64_t g, float *sc) {
+    const struct kv_layer *kv = c->kv;
+    const int64_t hd = kv->head_dim, cn = hi - lo + 1;
+    const char *kbase = kv->k, *vbase = kv->v;
+    float qr[ATT_MAX_GROUP][ATT_MAX_HD];
+    float *oh[ATT_MAX_GROUP], m[ATT_MAX_GROUP];
+    for (int s = 0; s < S; s++) {
+        const float *qh = c->q + (t * c->n_head + h0 + s) * hd;
+        for (int64_t i = 0; i < hd; i++) qr[s][i] = h2f(f32_to_fp16(qh[i]));
+        oh[s] = c->out + (t * c->n_head + h0 + s) * hd;
+        memset(oh[s], 0, (size_t)hd * sizeof(float));
+        m[s] = -INFINITY;
+    }
+    for (int64_t j = 0; j < cn; j++) {
+        const uint16_t *kh = (const uint16_t *)(kbase + (size_t)att_kv_off(kv, table, lo + j, g) * 2);
+        __m256 a0[ATT_MAX_GROUP], a1[ATT_MAX_GROUP];
+        for (int s = 0; s < S; s++) a0[s] = a1[s] = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= hd; i += 16) {
+            const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i)));
+            const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i + 8)));
+            for (int s = 0; s < S; s++) {
+                a0[s] = _mm256_fmadd_ps(_mm256_loadu_ps(qr[s] + i), k0, a0[s]);
+                a1[s] = _mm256_fmadd_ps(_mm256_loadu_ps(qr[s] + i + 8), k1, a1[s]);
+            }
+        }
+        if (i + 8 <= hd) {
+            const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i)));
+            for (int s = 0; s < S; s++) a0[s] = _mm256_fmadd_ps(_mm256_loadu_ps(qr[s] + i), k0, a0[s]);
+        }
+        for (int s = 0; s < S; s++) {
+            const float v = cpu_hsum256(_mm256_add_ps(a0[s], a1[s])) * c->scale;
+            sc[s * cn + j] = v;
+            m[s] = TP_MAX(m[s], v);
+        }
+    }
+    for (int s = 0; s < S; s++) {
+        float *ss = sc + s * cn;
+        double l = 0;
+        for (int64_t j = 0; j < cn; j++) {
+            ss[j] = expf(ss[j] - m[s]);
+            l += ss[j];
+        }
+        const float inv = (float)(1.0 / l);
+        for (int64_t j = 0; j < cn; j++) ss[j] = h2f(f32_to_fp16(ss[j] * inv));
+    }
+    for (int64_t j = 0; j < cn; j++) {
+        const uint16_t *vh = (const uint16_t *)(vbase + (size_t)att_kv_off(kv, table, lo + j, g) * 2);
+        __m256 w[ATT_MAX_GROUP];
+        int live = 0;
+        for (int s = 0; s < S; s++) {
+            w[s] = _mm256_set1_ps(sc[s * cn + j]);
+            live |= (sc[s * cn + j] != 0.0f) << s; /* a zero weight is skipped, as att_one_f16 does */
+        }
+        if (!live) continue;
+        for (int64_t i = 0; i + 8 <= hd; i += 8) {
+            const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + i)));
+            for (int s = 0; s < S; s++)
+                if (live >> s & 1) _mm256_storeu_ps(oh[s] + i, _mm256_fmadd_ps(w[s], x, _mm256_loadu_ps(oh[s] + i)));
+        }
+    }
+}
+#endif
+
+/* Heads h0 .. h0 + S - 1 of token t: together where the grouped kernel applies (f16
+ * cache, head size a multiple of 8, span within one scratch chunk), else one by one. */
+static void att_heads(const struct att_ctx *c, int64_t t, int64_t h0, int S, float *sc) {
+#if CPU_HAVE_X86
+    const struct kv_layer *kv = c->kv;
+    const struct attn_batch *bt = c->batch;
+    const int64_t hd = kv->head_dim, hi = bt->pos[t];
+    const int64_t lo = c->window > 0 ? TP_MAX(0, hi - c->window + 1) : 0;
+    if (S > 1 && c->avx2 && kv->type == DTYPE_F16 && hd % 8 == 0 && hd <= ATT_MAX_HD && hi >= lo &&
+        hi - lo + 1 <= c->chunk) {
+        const int32_t *table = bt->block_tables + (int64_t)bt->seq[t] * bt->max_blocks;
+        att_heads_f16_avx2(c, t, h0, S, table, lo, hi, h0 / c->group, sc);
+        return;
+    }
+#endif
+    for (int s = 0; s < S; s++) att_one(c, t * c->n_head + h0 + s, sc);
+}
+
+/* Task i of the pool: takes work items (a token and `heads` heads) one at a time until
+ * none are left, using scratch row i (task indices are unique within a run, so rows are
+ * never shared). */
 static void att_task(void *arg, int64_t i, int64_t n) {
     struct att_ctx *c = arg;
-    float *sc = c->scores + i * c->chunk;
+    float *sc = c->scores + i * CPU_ATT_GROUP * c->chunk;
+    const int64_t per_tok = c->n_head / c->heads;
     for (;;) {
         int64_t item = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
         if (item >= c->n_items) break;
-        att_one(c, item, sc);
+        if (c->heads == 1) att_one(c, item, sc);
+        else att_heads(c, item / per_tok, item % per_tok * c->heads, (int)c->heads, sc);
     }
+}
+
+size_t cpu_attention_scratch_bytes(const struct kbackend_opts *o) {
+    return (size_t)TP_MAX(o->n_threads, 1) * CPU_ATT_GROUP * (size_t)TP_MAX(o->max_ctx, 0) * sizeof(float);
 }
 
 /* A token whose position is negative gets zeros. n_head must be a multiple of kv->n_kv. */
@@ -348,9 +450,19 @@ void cpu_attention(struct kbackend *b, float *out, const float *q, const struct 
         .scale = scale,
         .scores = cb->att_scores,
         .chunk = cb->opts.max_ctx,
-        .n_items = batch->n_tok * n_head,
         .avx2 = cpu_use_avx2(b),
     };
+    /* heads of one KV group go together (their K and V rows read once), as long as that
+     * leaves a work item for every thread */
+    c.heads = 1;
+#if CPU_HAVE_X86
+    for (int64_t S = ATT_MAX_GROUP; S > 1; S /= 2)
+        if (c.group % S == 0 && batch->n_tok * n_head / S >= cb->n_threads) {
+            c.heads = S;
+            break;
+        }
+#endif
+    c.n_items = batch->n_tok * n_head / c.heads;
     atomic_init(&c.next, 0);
     tpool_run(cb->pool, att_task, &c, TP_MIN((int64_t)cb->n_threads, c.n_items));
 }

@@ -106,7 +106,7 @@ int kbackend_cpu_create(struct kbackend **out, const struct kbackend_opts *o, tp
     if (r.max_ctx == 0) r.max_ctx = CPU_DEFAULT_ATT_CTX;
 
     size_t att_floats;
-    if (!tp_mul_size((size_t)r.n_threads, (size_t)r.max_ctx, &att_floats) ||
+    if (!tp_mul_size((size_t)r.n_threads * CPU_ATT_GROUP, (size_t)r.max_ctx, &att_floats) ||
         att_floats > SIZE_MAX / sizeof(float))
         return tp_errf(e, TP_ENOMEM, "cpu backend: attention scratch of %d threads x %lld positions overflows; "
                        "lower the context length", r.n_threads, (long long)r.max_ctx);

@@ -15,6 +15,13 @@ void tpool_free(struct tpool *p);
 int tpool_threads(const struct tpool *p);
 void tpool_run(struct tpool *p, tpool_fn fn, void *arg, int64_t n);
 
+/* Heads of one KV group the CPU attention takes together (their scores side by side in
+ * the scratch row, which holds this many rows of max_ctx scores per thread). */
+#define CPU_ATT_GROUP 4
+
+/* Attention scratch bytes of a CPU backend with these options (kbackend_cpu_create). */
+size_t cpu_attention_scratch_bytes(const struct kbackend_opts *o);
+
 struct cpu_backend {
     struct tpool *pool;
     int n_threads;
@@ -22,7 +29,7 @@ struct cpu_backend {
     struct kbackend_opts opts;
     void *act_q;               /* scratch: activations quantized for integer dot products */
     size_t act_q_bytes;
-    float *att_scores;         /* scratch: [n_threads][max_ctx] attention scores */
+    float *att_scores;         /* scratch: [n_threads][CPU_ATT_GROUP * max_ctx] attention scores */
 };
 
 /* Best SIMD level this CPU and this build support. */

@@ -503,6 +503,52 @@ Test(cpu_ops, attention_spans_longer_than_the_scratch_are_processed_in_chunks) {
     attention_all_paths(&s, 2, 7);
 }
 
+/* The AVX2 kernel that takes 2 or 4 heads of a KV group together (each K/V row read once)
+ * gives the same bits as the one-head path. The head grouping depends on the thread
+ * count (a work item for every thread), so 1 thread (groups of 4) is compared with as
+ * many threads as (token, head) pairs (one head per item), on an f16 cache, for head
+ * sizes that are multiples of 16 and of 8, with a sliding window and with a span longer
+ * than the scratch chunk (which falls back to one head at a time). */
+Test(cpu_ops, attention_grouped_heads_give_the_same_bits_as_one_head_at_a_time) {
+    if (cpu_simd_detect() < KSIMD_AVX2) cr_skip_test("no AVX2 on this CPU");
+    tu_rng r = rng_new();
+    const int64_t n_head = 8, n_kv = 2, lens[3] = {50, 9, 1}, n_new[3] = {3, 1, 1};
+    const int64_t hds[2] = {64, 40}, windows[2] = {0, 6}, ctxs[2] = {256, 30};
+    for (int hi = 0; hi < 2; hi++)
+        for (int wi = 0; wi < 2; wi++)
+            for (int ci = 0; ci < 2; ci++) {
+                const int64_t hd = hds[hi], row = n_kv * hd, max_blocks = 4, n_blocks = 3 * max_blocks;
+                int32_t tables[3 * 4];
+                for (int i = 0; i < 12; i++) tables[i] = 11 - i;
+                struct kv_layer kv = {.k = xmalloc((size_t)(n_blocks * BS * row) * 2),
+                                      .v = xmalloc((size_t)(n_blocks * BS * row) * 2), .type = DTYPE_F16,
+                                      .n_blocks = n_blocks, .block_size = BS, .n_kv = n_kv, .head_dim = hd};
+                int64_t n_store = 0, slots[64];
+                for (int q = 0; q < 3; q++)
+                    for (int64_t p = 0; p < lens[q]; p++) slots[n_store++] = (int64_t)tables[q * max_blocks + p / BS] * BS + p % BS;
+                float *kf = rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
+                float *vf = rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
+                struct attn_batch sb = {.n_tok = n_store, .slots = slots};
+                struct kbackend *b1 = backend_new(KSIMD_AVX2, 1, ctxs[ci]), *bn = backend_new(KSIMD_AVX2, 5 * 8, ctxs[ci]);
+                b1->ops->kv_store(b1, &kv, kf, vf, &sb);
+                int32_t pos[5], seq[5];
+                int t = 0;
+                for (int q = 0; q < 3; q++)
+                    for (int64_t j = 0; j < n_new[q]; j++, t++) seq[t] = q, pos[t] = (int32_t)(lens[q] - n_new[q] + j);
+                float *qv = rand_floats(&r, (size_t)(5 * n_head * hd), -2.0f, 2.0f);
+                float *o1 = xmalloc((size_t)(5 * n_head * hd) * sizeof(float)), *on = xmalloc((size_t)(5 * n_head * hd) * sizeof(float));
+                struct attn_batch ab = {.n_tok = 5, .pos = pos, .seq = seq, .block_tables = tables, .max_blocks = max_blocks};
+                b1->ops->attention(b1, o1, qv, &kv, &ab, n_head, 0.125f, windows[wi]);
+                bn->ops->attention(bn, on, qv, &kv, &ab, n_head, 0.125f, windows[wi]);
+                for (int64_t i = 0; i < 5 * n_head * hd; i++)
+                    cr_assert(memcmp(&o1[i], &on[i], sizeof(float)) == 0,
+                              "hd %lld window %lld ctx %lld: value %lld grouped %.9g vs one head %.9g", (long long)hd,
+                              (long long)windows[wi], (long long)ctxs[ci], (long long)i, o1[i], on[i]);
+                kbackend_free(b1), kbackend_free(bn);
+                free(kf), free(vf), free(qv), free(o1), free(on), free(kv.k), free(kv.v);
+            }
+}
+
 /* ---- gated activation ---- */
 
 Test(cpu_ops, gated_act_silu_and_gelu_tanh_match_double) {
