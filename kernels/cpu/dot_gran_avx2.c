@@ -149,6 +149,10 @@ A2I void g2_w32_granule(const enum dtype T, const void *w, int64_t b0, int64_t b
         accm[k] = _mm_setzero_ps();
     }
     int64_t i = b0;
+    /* whole granules have a constant block count (g2_w32_body): unrolled, an FFN granule of
+     * 8 blocks is straight-line code (GCC does not peel a body this long by itself; batched
+     * ffn_down Q4_0 / Q8_0 measured about 5% faster, one token unchanged) */
+#pragma GCC unroll 4
     for (; i + 4 <= b1; i += 4) {
         w32_pair(T, w, i, false, tk, NT, acc0, accm);
         w32_pair(T, w, i + 2, false, tk, NT, acc1, accm);
