@@ -326,30 +326,77 @@ static void att_one(const struct att_ctx *c, int64_t item, float *sc) {
 #if CPU_HAVE_X86
 enum { ATT_MAX_GROUP = CPU_ATT_GROUP };
 
+/* The horizontal sums of v[0..3], each added in cpu_hsum256's order
+ * (((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7))), side by side: lane k holds v[k]'s. */
+static inline CPU_AVX2 __m128 att_hsum4(const __m256 *v) {
+    const __m256 s01 = _mm256_add_ps(_mm256_permute2f128_ps(v[0], v[1], 0x20), _mm256_permute2f128_ps(v[0], v[1], 0x31));
+    const __m256 s23 = _mm256_add_ps(_mm256_permute2f128_ps(v[2], v[3], 0x20), _mm256_permute2f128_ps(v[2], v[3], 0x31));
+    const __m256 h = _mm256_add_ps(_mm256_unpacklo_ps(s01, s23), _mm256_unpackhi_ps(s01, s23));
+    const __m256 f = _mm256_add_ps(h, _mm256_shuffle_ps(h, h, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm256_castps256_ps128(_mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)));
+}
+
+/* x rounded to f16 and back (F16C rounds to nearest even, as f32_to_fp16: checked by
+ * test_cpu_ops over the whole f16 range). */
+static inline CPU_AVX2 __m256 att_f16_round8(__m256 x) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+/* Prefetches the rows (row_bytes from base + slot * stride halves) of the cache block
+ * holding position p, if p <= hi: the next block's rows are requested while the current
+ * block is summed (blocks are scattered, so the hardware prefetchers lose the stream at
+ * every block boundary, and one KV head's row is a short piece of each cache line run). */
+static inline CPU_AVX2 void att_prefetch_block(const struct kv_layer *kv, const int32_t *table, int64_t p, int64_t hi,
+                                               const uint16_t *base, int64_t stride, int64_t row_bytes) {
+    if (p > hi) return;
+    const int64_t bs = kv->block_size, off = p % bs, n = TP_MIN(bs - off, hi - p + 1);
+    const char *r = (const char *)(base + ((int64_t)table[p / bs] * bs + off) * stride);
+    for (int64_t u = 0; u < n; u++, r += stride * 2)
+        for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
+}
+
+/* Runs the statements after `j` with `slot` the cache slot of position lo + j, for j = 0 ..
+ * cn - 1, walking the sequence's block table a block at a time (no division per
+ * position), and prefetching the next block's rows of `pbase` as each block starts. */
+#define ATT_FOR_SLOTS(kv, table, lo, cn, pbase, stride, row_bytes, slot, j, ...)              \
+    for (int64_t j = 0, p_ = (lo); j < (cn);) {                                             \
+        const int64_t off_ = p_ % (kv)->block_size;                                         \
+        const int64_t run_ = TP_MIN((kv)->block_size - off_, (cn) - j);                     \
+        const int64_t s0_ = (int64_t)(table)[p_ / (kv)->block_size] * (kv)->block_size + off_; \
+        att_prefetch_block(kv, table, p_ + run_, (lo) + (cn) - 1, pbase, stride, row_bytes);  \
+        for (int64_t u_ = 0; u_ < run_; u_++, j++) {                                        \
+            const int64_t slot = s0_ + u_;                                                  \
+            __VA_ARGS__                                                                     \
+        }                                                                                   \
+        p_ += run_;                                                                         \
+    }
+
 /* Heads h0 .. h0 + S - 1 (S <= ATT_MAX_GROUP, all on KV head g) of token t over an f16
  * cache whose span fits one scratch chunk: for each head exactly the arithmetic of
- * att_one_f16 (q rounded to f16, q.K as dot_avx2 sums it, two-pass softmax, probabilities
- * normalised and rounded to f16, V weighted as axpy_avx2 does), so the outputs are the
- * same bits; but each K and V row is loaded and widened once for the S heads instead of
- * once per head, and nothing goes through a call per position. */
+ * att_one_f16 (q rounded to f16, q.K as dot_avx2 sums it, two-pass softmax with libm's
+ * expf and a double sum, probabilities normalised and rounded to f16, V weighted as
+ * axpy_avx2 does), so the outputs are the same bits (test_cpu_ops checks it); but each K
+ * and V row is loaded and widened once for the S heads, the heads' horizontal sums and
+ * softmax chains run side by side, and nothing goes through a call per position. */
 static CPU_AVX2 void att_heads_f16_avx2(const struct att_ctx *c, int64_t t, int64_t h0, int S, const int32_t *table,
                                         int64_t lo, int64_t hi, int64_t g, float *sc) {
     const struct kv_layer *kv = c->kv;
-    const int64_t hd = kv->head_dim, cn = hi - lo + 1;
-    const char *kbase = kv->k, *vbase = kv->v;
+    const int64_t hd = kv->head_dim, cn = hi - lo + 1, rs = kv->n_kv * hd;
+    const uint16_t *kbase = (const uint16_t *)kv->k + g * hd, *vbase = (const uint16_t *)kv->v + g * hd;
     float qr[ATT_MAX_GROUP][ATT_MAX_HD];
     float *oh[ATT_MAX_GROUP], m[ATT_MAX_GROUP];
     for (int s = 0; s < S; s++) {
         const float *qh = c->q + (t * c->n_head + h0 + s) * hd;
-        for (int64_t i = 0; i < hd; i++) qr[s][i] = h2f(f32_to_fp16(qh[i]));
+        for (int64_t i = 0; i < hd; i += 8) _mm256_storeu_ps(qr[s] + i, att_f16_round8(_mm256_loadu_ps(qh + i)));
         oh[s] = c->out + (t * c->n_head + h0 + s) * hd;
         memset(oh[s], 0, (size_t)hd * sizeof(float));
         m[s] = -INFINITY;
     }
-    for (int64_t j = 0; j < cn; j++) {
-        const uint16_t *kh = (const uint16_t *)(kbase + (size_t)att_kv_off(kv, table, lo + j, g) * 2);
+    att_prefetch_block(kv, table, lo, hi, kbase, rs, hd * 2);
+    ATT_FOR_SLOTS(kv, table, lo, cn, kbase, rs, hd * 2, slot, j, {
+        const uint16_t *kh = kbase + slot * rs;
         __m256 a0[ATT_MAX_GROUP], a1[ATT_MAX_GROUP];
-        for (int s = 0; s < S; s++) a0[s] = a1[s] = _mm256_setzero_ps();
+        for (int s = 0; s < ATT_MAX_GROUP; s++) a0[s] = a1[s] = _mm256_setzero_ps();
         int64_t i = 0;
         for (; i + 16 <= hd; i += 16) {
             const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i)));
@@ -363,37 +410,48 @@ static CPU_AVX2 void att_heads_f16_avx2(const struct att_ctx *c, int64_t t, int6
             const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i)));
             for (int s = 0; s < S; s++) a0[s] = _mm256_fmadd_ps(_mm256_loadu_ps(qr[s] + i), k0, a0[s]);
         }
+        for (int s = 0; s < ATT_MAX_GROUP; s++) a0[s] = _mm256_add_ps(a0[s], a1[s]);
+        float d[4];
+        _mm_storeu_ps(d, att_hsum4(a0));
         for (int s = 0; s < S; s++) {
-            const float v = cpu_hsum256(_mm256_add_ps(a0[s], a1[s])) * c->scale;
+            const float v = d[s] * c->scale;
             sc[s * cn + j] = v;
             m[s] = TP_MAX(m[s], v);
         }
-    }
+    })
+    double l[ATT_MAX_GROUP] = {0};
+    for (int64_t j = 0; j < cn; j++) /* the heads' sums are independent chains: side by side */
+        for (int s = 0; s < S; s++) {
+            const float e = expf(sc[s * cn + j] - m[s]);
+            sc[s * cn + j] = e;
+            l[s] += e;
+        }
     for (int s = 0; s < S; s++) {
         float *ss = sc + s * cn;
-        double l = 0;
-        for (int64_t j = 0; j < cn; j++) {
-            ss[j] = expf(ss[j] - m[s]);
-            l += ss[j];
-        }
-        const float inv = (float)(1.0 / l);
-        for (int64_t j = 0; j < cn; j++) ss[j] = h2f(f32_to_fp16(ss[j] * inv));
+        const float inv = (float)(1.0 / l[s]);
+        const __m256 vinv = _mm256_set1_ps(inv);
+        int64_t j = 0;
+        for (; j + 8 <= cn; j += 8) _mm256_storeu_ps(ss + j, att_f16_round8(_mm256_mul_ps(_mm256_loadu_ps(ss + j), vinv)));
+        for (; j < cn; j++) ss[j] = h2f(f32_to_fp16(ss[j] * inv));
     }
-    for (int64_t j = 0; j < cn; j++) {
-        const uint16_t *vh = (const uint16_t *)(vbase + (size_t)att_kv_off(kv, table, lo + j, g) * 2);
+    att_prefetch_block(kv, table, lo, hi, vbase, rs, hd * 2);
+    ATT_FOR_SLOTS(kv, table, lo, cn, vbase, rs, hd * 2, slot, j, {
+        const uint16_t *vh = vbase + slot * rs;
         __m256 w[ATT_MAX_GROUP];
         int live = 0;
         for (int s = 0; s < S; s++) {
             w[s] = _mm256_set1_ps(sc[s * cn + j]);
             live |= (sc[s * cn + j] != 0.0f) << s; /* a zero weight is skipped, as att_one_f16 does */
         }
-        if (!live) continue;
-        for (int64_t i = 0; i + 8 <= hd; i += 8) {
-            const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + i)));
-            for (int s = 0; s < S; s++)
-                if (live >> s & 1) _mm256_storeu_ps(oh[s] + i, _mm256_fmadd_ps(w[s], x, _mm256_loadu_ps(oh[s] + i)));
+        if (live) {
+            for (int64_t i = 0; i + 8 <= hd; i += 8) {
+                const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + i)));
+                for (int s = 0; s < S; s++)
+                    if (live >> s & 1)
+                        _mm256_storeu_ps(oh[s] + i, _mm256_fmadd_ps(w[s], x, _mm256_loadu_ps(oh[s] + i)));
+            }
         }
-    }
+    })
 }
 #endif
 
