@@ -103,7 +103,8 @@ struct att_ctx {
     float scale;
     float *scores; /* [tasks][chunk] */
     int64_t chunk;
-    int64_t heads;   /* heads per work item: 1, or 2 or 4 heads of one KV group */
+    int64_t heads;   /* heads per work item (1, or up to CPU_ATT_GROUP) */
+    int64_t unit;    /* heads of an item that share a KV head and go through q.K together (<= 4) */
     int64_t n_items; /* n_tok * n_head / heads */
     _Atomic int64_t next;
     bool avx2;
@@ -324,7 +325,6 @@ static void att_one(const struct att_ctx *c, int64_t item, float *sc) {
 }
 
 #if CPU_HAVE_X86
-enum { ATT_MAX_GROUP = CPU_ATT_GROUP };
 
 /* The horizontal sums of v[0..3], each added in cpu_hsum256's order
  * (((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7))), side by side: lane k holds v[k]'s. */
@@ -371,106 +371,125 @@ static inline CPU_AVX2 void att_prefetch_block(const struct kv_layer *kv, const 
         p_ += run_;                                                                         \
     }
 
-/* Heads h0 .. h0 + S - 1 (S <= ATT_MAX_GROUP, all on KV head g) of token t over an f16
- * cache whose span fits one scratch chunk: for each head exactly the arithmetic of
- * att_one_f16 (q rounded to f16, q.K as dot_avx2 sums it, two-pass softmax with libm's
- * expf and a double sum, probabilities normalised and rounded to f16, V weighted as
- * axpy_avx2 does), so the outputs are the same bits (test_cpu_ops checks it); but each K
- * and V row is loaded and widened once for the S heads, the heads' horizontal sums and
- * softmax chains run side by side, and nothing goes through a call per position. */
-static CPU_AVX2 void att_heads_f16_avx2(const struct att_ctx *c, int64_t t, int64_t h0, int S, const int32_t *table,
-                                        int64_t lo, int64_t hi, int64_t g, float *sc) {
+/* Heads h0 .. h0 + H - 1 of token t, in units of S heads that share a KV head (S <= 4,
+ * H a multiple of S, H <= CPU_ATT_GROUP), over an f16 cache whose span fits one scratch
+ * chunk: for each head exactly the arithmetic of att_one_f16 (q rounded to f16, q.K as
+ * dot_avx2 sums it, two-pass softmax with libm's expf and a double sum, probabilities
+ * normalised and rounded to f16, V weighted as axpy_avx2 does), so the outputs are the
+ * same bits (test_cpu_ops checks it). But each K and V row is loaded and widened once for
+ * its S heads; the KV heads of a position sit side by side in the cache, so an item of
+ * several KV heads reads one contiguous piece per position (prefetched a block ahead);
+ * the horizontal sums and softmax chains run side by side; and nothing goes through a
+ * call per position. */
+static CPU_AVX2 void att_heads_f16_avx2(const struct att_ctx *c, int64_t t, int64_t h0, int H, int S,
+                                        const int32_t *table, int64_t lo, int64_t hi, float *sc) {
     const struct kv_layer *kv = c->kv;
-    const int64_t hd = kv->head_dim, cn = hi - lo + 1, rs = kv->n_kv * hd;
-    const uint16_t *kbase = (const uint16_t *)kv->k + g * hd, *vbase = (const uint16_t *)kv->v + g * hd;
-    float qr[ATT_MAX_GROUP][ATT_MAX_HD];
-    float *oh[ATT_MAX_GROUP], m[ATT_MAX_GROUP];
-    for (int s = 0; s < S; s++) {
-        const float *qh = c->q + (t * c->n_head + h0 + s) * hd;
-        for (int64_t i = 0; i < hd; i += 8) _mm256_storeu_ps(qr[s] + i, att_f16_round8(_mm256_loadu_ps(qh + i)));
-        oh[s] = c->out + (t * c->n_head + h0 + s) * hd;
-        memset(oh[s], 0, (size_t)hd * sizeof(float));
-        m[s] = -INFINITY;
+    const int64_t hd = kv->head_dim, cn = hi - lo + 1, rs = kv->n_kv * hd, g0 = h0 / c->group;
+    const int n_units = H / S;
+    const int64_t row_bytes = ((h0 + H - 1) / c->group - g0 + 1) * hd * 2; /* this item's K (V) bytes per position */
+    const uint16_t *kbase = (const uint16_t *)kv->k + g0 * hd, *vbase = (const uint16_t *)kv->v + g0 * hd;
+    float qr[CPU_ATT_GROUP][ATT_MAX_HD];
+    float *oh[CPU_ATT_GROUP], m[CPU_ATT_GROUP];
+    int64_t koff[CPU_ATT_GROUP]; /* unit u: its KV head's offset in the item's piece of a position */
+    for (int u = 0; u < n_units; u++) koff[u] = ((h0 + (int64_t)u * S) / c->group - g0) * hd;
+    for (int h = 0; h < H; h++) {
+        const float *qh = c->q + (t * c->n_head + h0 + h) * hd;
+        for (int64_t i = 0; i < hd; i += 8) _mm256_storeu_ps(qr[h] + i, att_f16_round8(_mm256_loadu_ps(qh + i)));
+        oh[h] = c->out + (t * c->n_head + h0 + h) * hd;
+        memset(oh[h], 0, (size_t)hd * sizeof(float));
+        m[h] = -INFINITY;
     }
-    att_prefetch_block(kv, table, lo, hi, kbase, rs, hd * 2);
-    ATT_FOR_SLOTS(kv, table, lo, cn, kbase, rs, hd * 2, slot, j, {
-        const uint16_t *kh = kbase + slot * rs;
-        __m256 a0[ATT_MAX_GROUP], a1[ATT_MAX_GROUP];
-        for (int s = 0; s < ATT_MAX_GROUP; s++) a0[s] = a1[s] = _mm256_setzero_ps();
-        int64_t i = 0;
-        for (; i + 16 <= hd; i += 16) {
-            const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i)));
-            const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i + 8)));
+    att_prefetch_block(kv, table, lo, hi, kbase, rs, row_bytes);
+    ATT_FOR_SLOTS(kv, table, lo, cn, kbase, rs, row_bytes, slot, j, {
+        const uint16_t *krow = kbase + slot * rs;
+        for (int u = 0; u < n_units; u++) {
+            const uint16_t *kh = krow + koff[u];
+            float(*q)[ATT_MAX_HD] = qr + u * S;
+            __m256 a0[4], a1[4];
+            for (int s = 0; s < 4; s++) a0[s] = a1[s] = _mm256_setzero_ps();
+            int64_t i = 0;
+            for (; i + 16 <= hd; i += 16) {
+                const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i)));
+                const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i + 8)));
+                for (int s = 0; s < S; s++) {
+                    a0[s] = _mm256_fmadd_ps(_mm256_loadu_ps(q[s] + i), k0, a0[s]);
+                    a1[s] = _mm256_fmadd_ps(_mm256_loadu_ps(q[s] + i + 8), k1, a1[s]);
+                }
+            }
+            if (i + 8 <= hd) {
+                const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i)));
+                for (int s = 0; s < S; s++) a0[s] = _mm256_fmadd_ps(_mm256_loadu_ps(q[s] + i), k0, a0[s]);
+            }
+            for (int s = 0; s < 4; s++) a0[s] = _mm256_add_ps(a0[s], a1[s]);
+            float d[4];
+            _mm_storeu_ps(d, att_hsum4(a0));
             for (int s = 0; s < S; s++) {
-                a0[s] = _mm256_fmadd_ps(_mm256_loadu_ps(qr[s] + i), k0, a0[s]);
-                a1[s] = _mm256_fmadd_ps(_mm256_loadu_ps(qr[s] + i + 8), k1, a1[s]);
+                const int h = u * S + s;
+                const float v = d[s] * c->scale;
+                sc[h * cn + j] = v;
+                m[h] = TP_MAX(m[h], v);
             }
         }
-        if (i + 8 <= hd) {
-            const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i)));
-            for (int s = 0; s < S; s++) a0[s] = _mm256_fmadd_ps(_mm256_loadu_ps(qr[s] + i), k0, a0[s]);
-        }
-        for (int s = 0; s < ATT_MAX_GROUP; s++) a0[s] = _mm256_add_ps(a0[s], a1[s]);
-        float d[4];
-        _mm_storeu_ps(d, att_hsum4(a0));
-        for (int s = 0; s < S; s++) {
-            const float v = d[s] * c->scale;
-            sc[s * cn + j] = v;
-            m[s] = TP_MAX(m[s], v);
-        }
     })
-    double l[ATT_MAX_GROUP] = {0};
+    double l[CPU_ATT_GROUP] = {0};
     for (int64_t j = 0; j < cn; j++) /* the heads' sums are independent chains: side by side */
-        for (int s = 0; s < S; s++) {
-            const float e = expf(sc[s * cn + j] - m[s]);
-            sc[s * cn + j] = e;
-            l[s] += e;
+        for (int h = 0; h < H; h++) {
+            const float e = expf(sc[h * cn + j] - m[h]);
+            sc[h * cn + j] = e;
+            l[h] += e;
         }
-    for (int s = 0; s < S; s++) {
-        float *ss = sc + s * cn;
-        const float inv = (float)(1.0 / l[s]);
+    for (int h = 0; h < H; h++) {
+        float *ss = sc + h * cn;
+        const float inv = (float)(1.0 / l[h]);
         const __m256 vinv = _mm256_set1_ps(inv);
         int64_t j = 0;
         for (; j + 8 <= cn; j += 8) _mm256_storeu_ps(ss + j, att_f16_round8(_mm256_mul_ps(_mm256_loadu_ps(ss + j), vinv)));
         for (; j < cn; j++) ss[j] = h2f(f32_to_fp16(ss[j] * inv));
     }
-    att_prefetch_block(kv, table, lo, hi, vbase, rs, hd * 2);
-    ATT_FOR_SLOTS(kv, table, lo, cn, vbase, rs, hd * 2, slot, j, {
-        const uint16_t *vh = vbase + slot * rs;
-        __m256 w[ATT_MAX_GROUP];
-        int live = 0;
-        for (int s = 0; s < S; s++) {
-            w[s] = _mm256_set1_ps(sc[s * cn + j]);
-            live |= (sc[s * cn + j] != 0.0f) << s; /* a zero weight is skipped, as att_one_f16 does */
-        }
-        if (live) {
+    att_prefetch_block(kv, table, lo, hi, vbase, rs, row_bytes);
+    ATT_FOR_SLOTS(kv, table, lo, cn, vbase, rs, row_bytes, slot, j, {
+        const uint16_t *vrow = vbase + slot * rs;
+        for (int u = 0; u < n_units; u++) {
+            const uint16_t *vh = vrow + koff[u];
+            __m256 w[4];
+            int live = 0;
+            for (int s = 0; s < S; s++) {
+                const float ws = sc[(u * S + s) * cn + j];
+                w[s] = _mm256_set1_ps(ws);
+                live |= (ws != 0.0f) << s; /* a zero weight is skipped, as att_one_f16 does */
+            }
+            if (!live) continue;
             for (int64_t i = 0; i + 8 <= hd; i += 8) {
                 const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + i)));
                 for (int s = 0; s < S; s++)
-                    if (live >> s & 1)
-                        _mm256_storeu_ps(oh[s] + i, _mm256_fmadd_ps(w[s], x, _mm256_loadu_ps(oh[s] + i)));
+                    if (live >> s & 1) {
+                        float *o = oh[u * S + s] + i;
+                        _mm256_storeu_ps(o, _mm256_fmadd_ps(w[s], x, _mm256_loadu_ps(o)));
+                    }
             }
         }
     })
 }
 #endif
 
-/* Heads h0 .. h0 + S - 1 of token t: together where the grouped kernel applies (f16
- * cache, head size a multiple of 8, span within one scratch chunk), else one by one. */
-static void att_heads(const struct att_ctx *c, int64_t t, int64_t h0, int S, float *sc) {
+/* Heads h0 .. h0 + H - 1 of token t (units of S heads sharing a KV head): together where
+ * the grouped kernel applies (f16 cache, head size a multiple of 8, span within one
+ * scratch chunk), else one by one. */
+static void att_heads(const struct att_ctx *c, int64_t t, int64_t h0, int H, int S, float *sc) {
 #if CPU_HAVE_X86
     const struct kv_layer *kv = c->kv;
     const struct attn_batch *bt = c->batch;
     const int64_t hd = kv->head_dim, hi = bt->pos[t];
     const int64_t lo = c->window > 0 ? TP_MAX(0, hi - c->window + 1) : 0;
-    if (S > 1 && c->avx2 && kv->type == DTYPE_F16 && hd % 8 == 0 && hd <= ATT_MAX_HD && hi >= lo &&
-        hi - lo + 1 <= c->chunk) {
+    if (c->avx2 && kv->type == DTYPE_F16 && hd % 8 == 0 && hd <= ATT_MAX_HD && hi >= lo && hi - lo + 1 <= c->chunk) {
         const int32_t *table = bt->block_tables + (int64_t)bt->seq[t] * bt->max_blocks;
-        att_heads_f16_avx2(c, t, h0, S, table, lo, hi, h0 / c->group, sc);
+        att_heads_f16_avx2(c, t, h0, H, S, table, lo, hi, sc);
         return;
     }
+#else
+    (void)S;
 #endif
-    for (int s = 0; s < S; s++) att_one(c, t * c->n_head + h0 + s, sc);
+    for (int h = 0; h < H; h++) att_one(c, t * c->n_head + h0 + h, sc);
 }
 
 /* Task i of the pool: takes work items (a token and `heads` heads) one at a time until
@@ -484,7 +503,7 @@ static void att_task(void *arg, int64_t i, int64_t n) {
         int64_t item = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
         if (item >= c->n_items) break;
         if (c->heads == 1) att_one(c, item, sc);
-        else att_heads(c, item / per_tok, item % per_tok * c->heads, (int)c->heads, sc);
+        else att_heads(c, item / per_tok, item % per_tok * c->heads, (int)c->heads, (int)c->unit, sc);
     }
 }
 
@@ -510,13 +529,15 @@ void cpu_attention(struct kbackend *b, float *out, const float *q, const struct 
         .chunk = cb->opts.max_ctx,
         .avx2 = cpu_use_avx2(b),
     };
-    /* heads of one KV group go together (their K and V rows read once), as long as that
-     * leaves a work item for every thread */
-    c.heads = 1;
+    /* Work items of several heads: units of up to 4 heads of one KV group (their K and V
+     * rows widened once), and several KV heads per item (each position's rows of the
+     * item's KV heads adjacent in the cache), as long as every thread gets an item. */
+    c.heads = c.unit = 1;
 #if CPU_HAVE_X86
-    for (int64_t S = ATT_MAX_GROUP; S > 1; S /= 2)
-        if (c.group % S == 0 && batch->n_tok * n_head / S >= cb->n_threads) {
-            c.heads = S;
+    for (int64_t H = CPU_ATT_GROUP; H > 1; H--)
+        if (n_head % H == 0 && batch->n_tok * (n_head / H) >= cb->n_threads) {
+            c.heads = H;
+            c.unit = c.group % 4 == 0 && H % 4 == 0 ? 4 : c.group % 2 == 0 && H % 2 == 0 ? 2 : 1;
             break;
         }
 #endif

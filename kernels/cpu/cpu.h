@@ -15,9 +15,9 @@ void tpool_free(struct tpool *p);
 int tpool_threads(const struct tpool *p);
 void tpool_run(struct tpool *p, tpool_fn fn, void *arg, int64_t n);
 
-/* Heads of one KV group the CPU attention takes together (their scores side by side in
- * the scratch row, which holds this many rows of max_ctx scores per thread). */
-#define CPU_ATT_GROUP 4
+/* Heads the CPU attention takes in one work item (their scores side by side in the
+ * thread's scratch, which holds this many rows of max_ctx scores). */
+#define CPU_ATT_GROUP 16
 
 /* Attention scratch bytes of a CPU backend with these options (kbackend_cpu_create). */
 size_t cpu_attention_scratch_bytes(const struct kbackend_opts *o);

@@ -548,20 +548,26 @@ Test(cpu_ops, f16c_rounding_equals_f32_to_fp16) {
 }
 #endif
 
-/* The AVX2 kernel that takes 2 or 4 heads of a KV group together (each K/V row read once)
- * gives the same bits as the one-head path. The head grouping depends on the thread
- * count (a work item for every thread), so 1 thread (groups of 4) is compared with as
- * many threads as (token, head) pairs (one head per item), on an f16 cache, for head
+/* The AVX2 kernel that takes several heads in one work item (units of up to 4 heads of a
+ * KV group whose K/V rows are widened once, several KV heads per item) gives the same
+ * bits as the one-head path. The grouping depends on the thread count (a work item for
+ * every thread), so 1 thread (all heads of a token in one item) is compared with as many
+ * threads as (token, head) pairs (one head per item), for KV groups of 4, 2 and 1 (plain
+ * multi-head), on an f16 cache, for head
  * sizes that are multiples of 16 and of 8, with a sliding window and with a span longer
  * than the scratch chunk (which falls back to one head at a time). */
 Test(cpu_ops, attention_grouped_heads_give_the_same_bits_as_one_head_at_a_time) {
     if (cpu_simd_detect() < KSIMD_AVX2) cr_skip_test("no AVX2 on this CPU");
     tu_rng r = rng_new();
-    const int64_t n_head = 8, n_kv = 2, lens[3] = {50, 9, 1}, n_new[3] = {3, 1, 1};
+    const int64_t lens[3] = {50, 9, 1}, n_new[3] = {3, 1, 1};
     const int64_t hds[2] = {64, 40}, windows[2] = {0, 6}, ctxs[2] = {256, 30};
+    /* KV groups of 4 (units of 4 heads, 2 KV heads per item), of 2, and plain multi-head */
+    const int64_t heads[3][2] = {{8, 2}, {6, 3}, {5, 5}};
+    for (int ki = 0; ki < 3; ki++)
     for (int hi = 0; hi < 2; hi++)
         for (int wi = 0; wi < 2; wi++)
             for (int ci = 0; ci < 2; ci++) {
+                const int64_t n_head = heads[ki][0], n_kv = heads[ki][1];
                 const int64_t hd = hds[hi], row = n_kv * hd, max_blocks = 4, n_blocks = 3 * max_blocks;
                 int32_t tables[3 * 4];
                 for (int i = 0; i < 12; i++) tables[i] = 11 - i;
@@ -574,7 +580,8 @@ Test(cpu_ops, attention_grouped_heads_give_the_same_bits_as_one_head_at_a_time) 
                 float *kf = rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
                 float *vf = rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
                 struct attn_batch sb = {.n_tok = n_store, .slots = slots};
-                struct kbackend *b1 = backend_new(KSIMD_AVX2, 1, ctxs[ci]), *bn = backend_new(KSIMD_AVX2, 5 * 8, ctxs[ci]);
+                struct kbackend *b1 = backend_new(KSIMD_AVX2, 1, ctxs[ci]),
+                                *bn = backend_new(KSIMD_AVX2, (int)(5 * n_head), ctxs[ci]);
                 b1->ops->kv_store(b1, &kv, kf, vf, &sb);
                 int32_t pos[5], seq[5];
                 int t = 0;
@@ -589,7 +596,8 @@ Test(cpu_ops, attention_grouped_heads_give_the_same_bits_as_one_head_at_a_time) 
                 bn->ops->attention(bn, on, qv, &kv, &ab, n_head, scale, windows[wi]);
                 for (int64_t i = 0; i < 5 * n_head * hd; i++)
                     cr_assert(memcmp(&o1[i], &on[i], sizeof(float)) == 0,
-                              "hd %lld window %lld ctx %lld: value %lld grouped %.9g vs one head %.9g", (long long)hd,
+                              "heads %lld/%lld hd %lld window %lld ctx %lld: value %lld grouped %.9g vs one head %.9g",
+                              (long long)n_head, (long long)n_kv, (long long)hd,
                               (long long)windows[wi], (long long)ctxs[ci], (long long)i, o1[i], on[i]);
                 kbackend_free(b1), kbackend_free(bn);
                 free(kf), free(vf), free(qv), free(o1), free(on), free(kv.k), free(kv.v);
