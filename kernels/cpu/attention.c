@@ -381,8 +381,9 @@ static inline CPU_AVX2 void att_prefetch_block(const struct kv_layer *kv, const 
  * several KV heads reads one contiguous piece per position (prefetched a block ahead);
  * the horizontal sums and softmax chains run side by side; and nothing goes through a
  * call per position. */
-static CPU_AVX2 void att_heads_f16_avx2(const struct att_ctx *c, int64_t t, int64_t h0, int H, int S,
-                                        const int32_t *table, int64_t lo, int64_t hi, float *sc) {
+static inline __attribute__((always_inline)) CPU_AVX2 void
+att_heads_f16_body(const struct att_ctx *c, int64_t t, int64_t h0, int H, const int S, const int32_t *table,
+                   int64_t lo, int64_t hi, float *sc) {
     const struct kv_layer *kv = c->kv;
     const int64_t hd = kv->head_dim, cn = hi - lo + 1, rs = kv->n_kv * hd, g0 = h0 / c->group;
     const int n_units = H / S;
@@ -446,29 +447,45 @@ static CPU_AVX2 void att_heads_f16_avx2(const struct att_ctx *c, int64_t t, int6
         for (; j + 8 <= cn; j += 8) _mm256_storeu_ps(ss + j, att_f16_round8(_mm256_mul_ps(_mm256_loadu_ps(ss + j), vinv)));
         for (; j < cn; j++) ss[j] = h2f(f32_to_fp16(ss[j] * inv));
     }
-    att_prefetch_block(kv, table, lo, hi, vbase, rs, row_bytes);
-    ATT_FOR_SLOTS(kv, table, lo, cn, vbase, rs, row_bytes, slot, j, {
-        const uint16_t *vrow = vbase + slot * rs;
-        for (int u = 0; u < n_units; u++) {
-            const uint16_t *vh = vrow + koff[u];
-            __m256 w[4];
-            int live = 0;
+    /* V, unit by unit and 16 values of the head at a time: o[h][i..] = sum over positions in
+     * order of w[h][j] v[j][i..], in registers across the positions (the same fused
+     * multiply-adds in the same order as axpy_avx2 into o; a zero weight leaves the sum
+     * as it is, as att_one_f16 skips it, even against an infinite f16 value) */
+    const __m256 zero = _mm256_setzero_ps();
+    for (int u = 0; u < n_units; u++) {
+        const float *ws[4];
+        for (int s = 0; s < S; s++) ws[s] = sc + (int64_t)(u * S + s) * cn;
+        const uint16_t *vb = vbase + koff[u];
+        for (int64_t i = 0; i < hd; i += 16) {
+            const bool two = i + 16 <= hd;
+            __m256 acc0[4], acc1[4];
+            for (int s = 0; s < 4; s++) acc0[s] = acc1[s] = zero;
+            if (i == 0) att_prefetch_block(kv, table, lo, hi, vb, rs, hd * 2);
+            ATT_FOR_SLOTS(kv, table, lo, cn, vb, rs, i == 0 ? hd * 2 : 0, slot, j, {
+                const uint16_t *vh = vb + slot * rs + i;
+                const __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)vh));
+                const __m256 x1 = two ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + 8))) : zero;
+                for (int s = 0; s < S; s++) {
+                    const __m256 w = _mm256_broadcast_ss(ws[s] + j);
+                    const __m256 keep = _mm256_cmp_ps(w, zero, _CMP_EQ_OQ);
+                    acc0[s] = _mm256_blendv_ps(_mm256_fmadd_ps(w, x0, acc0[s]), acc0[s], keep);
+                    if (two) acc1[s] = _mm256_blendv_ps(_mm256_fmadd_ps(w, x1, acc1[s]), acc1[s], keep);
+                }
+            })
             for (int s = 0; s < S; s++) {
-                const float ws = sc[(u * S + s) * cn + j];
-                w[s] = _mm256_set1_ps(ws);
-                live |= (ws != 0.0f) << s; /* a zero weight is skipped, as att_one_f16 does */
-            }
-            if (!live) continue;
-            for (int64_t i = 0; i + 8 <= hd; i += 8) {
-                const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + i)));
-                for (int s = 0; s < S; s++)
-                    if (live >> s & 1) {
-                        float *o = oh[u * S + s] + i;
-                        _mm256_storeu_ps(o, _mm256_fmadd_ps(w[s], x, _mm256_loadu_ps(o)));
-                    }
+                _mm256_storeu_ps(oh[u * S + s] + i, acc0[s]);
+                if (two) _mm256_storeu_ps(oh[u * S + s] + i + 8, acc1[s]);
             }
         }
-    })
+    }
+}
+
+/* The unit size as a compile-time constant, so that the accumulators stay in registers. */
+static CPU_AVX2 void att_heads_f16_avx2(const struct att_ctx *c, int64_t t, int64_t h0, int H, int S,
+                                        const int32_t *table, int64_t lo, int64_t hi, float *sc) {
+    if (S == 4) att_heads_f16_body(c, t, h0, H, 4, table, lo, hi, sc);
+    else if (S == 2) att_heads_f16_body(c, t, h0, H, 2, table, lo, hi, sc);
+    else att_heads_f16_body(c, t, h0, H, 1, table, lo, hi, sc);
 }
 #endif
 
