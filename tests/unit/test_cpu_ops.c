@@ -11,6 +11,7 @@
 #include "kernels/cpu/cpu.h"
 #include "kernels/quant.h"
 #include "testutil.h"
+#include "testweights.h"
 
 /* ---- helpers ---- */
 
@@ -35,19 +36,6 @@ static tu_rng rng_new(void) {
     tu_rng r;
     tu_rng_init(&r, tu_seed());
     return r;
-}
-
-/* malloc that never returns NULL for size 0 and fails the test when out of memory. */
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    cr_assert_not_null(p);
-    return p;
-}
-
-static float *rand_floats(tu_rng *r, size_t n, float lo, float hi) {
-    float *x = xmalloc(n * sizeof(float));
-    tu_fill_uniform(r, x, n, lo, hi);
-    return x;
 }
 
 /* f32 -> f16 -> f32 with the compiler's IEEE binary16 (round to nearest even). */
@@ -136,10 +124,10 @@ Test(cpu_ops, rmsnorm_matches_double_with_weights_offset_and_no_weights) {
                 for (int variant = 0; variant < 3; variant++) {
                     int64_t n = ns[a], nr = rows[c];
                     size_t tot = (size_t)(n * nr);
-                    float *x = rand_floats(&r, tot, -3.0f, 3.0f);
-                    float *w = variant == 2 ? NULL : rand_floats(&r, (size_t)n, -1.0f, 1.0f);
+                    float *x = tu_rand_floats(&r, tot, -3.0f, 3.0f);
+                    float *w = variant == 2 ? NULL : tu_rand_floats(&r, (size_t)n, -1.0f, 1.0f);
                     float off = variant == 1 ? 1.0f : 0.0f;
-                    float *y = rand_floats(&r, tot, 0.0f, 1.0f);
+                    float *y = tu_rand_floats(&r, tot, 0.0f, 1.0f);
                     b->ops->rmsnorm(b, y, x, w, off, nr, n, eps);
                     for (int64_t i = 0; i < nr; i++) {
                         double ss = 0;
@@ -154,7 +142,7 @@ Test(cpu_ops, rmsnorm_matches_double_with_weights_offset_and_no_weights) {
                         }
                     }
                     /* in place (y aliasing x) gives the same result */
-                    float *z = xmalloc(tot * sizeof(float));
+                    float *z = tu_xmalloc(tot * sizeof(float));
                     memcpy(z, x, tot * sizeof(float));
                     b->ops->rmsnorm(b, z, z, w, off, nr, n, eps);
                     cr_assert(tot == 0 || memcmp(z, y, tot * sizeof(float)) == 0, "in-place rmsnorm differs");
@@ -206,14 +194,14 @@ static void rope_ref(double *out, double *tol, const float *x, int32_t pos, int6
 static void rope_case(struct kbackend *b, tu_rng *r, const struct rope_params *p, int64_t hd, int32_t max_pos,
                       const char *what) {
     const int64_t n_tok = 5, n_head = 3, row = n_head * hd;
-    float *x = rand_floats(r, (size_t)(n_tok * row), -1.0f, 1.0f);
-    float *y = xmalloc((size_t)(n_tok * row) * sizeof(float));
+    float *x = tu_rand_floats(r, (size_t)(n_tok * row), -1.0f, 1.0f);
+    float *y = tu_xmalloc((size_t)(n_tok * row) * sizeof(float));
     memcpy(y, x, (size_t)(n_tok * row) * sizeof(float));
     int32_t pos[5];
     for (int t = 0; t < n_tok; t++) pos[t] = (int32_t)(tu_next(r) % (uint64_t)max_pos);
     pos[0] = 0;
     b->ops->rope(b, y, pos, n_tok, n_head, hd, p);
-    double *ref = xmalloc((size_t)row * sizeof(double)), *tol = xmalloc((size_t)row * sizeof(double));
+    double *ref = tu_xmalloc((size_t)row * sizeof(double)), *tol = tu_xmalloc((size_t)row * sizeof(double));
     for (int64_t t = 0; t < n_tok; t++) {
         rope_ref(ref, tol, x + t * row, pos[t], n_head, hd, p);
         for (int64_t i = 0; i < row; i++) {
@@ -281,8 +269,8 @@ Test(cpu_ops, rope_angles_follow_llama_cpp_float_recurrence_at_large_positions) 
             for (int use_ff = 0; use_ff < 2; use_ff++) {
                 struct rope_params p = {.mode = mode ? ROPE_NEOX : ROPE_NORMAL, .n_rot = n_rot, .base = 500000.0f,
                                         .freq_scale = 1.0f, .freq_factors = use_ff ? ff : NULL, .attn_factor = 1.0f};
-                float *x = rand_floats(&r, (size_t)(n_tok * hd), -1.0f, 1.0f);
-                float *y = xmalloc((size_t)(n_tok * hd) * sizeof(float));
+                float *x = tu_rand_floats(&r, (size_t)(n_tok * hd), -1.0f, 1.0f);
+                float *y = tu_xmalloc((size_t)(n_tok * hd) * sizeof(float));
                 memcpy(y, x, (size_t)(n_tok * hd) * sizeof(float));
                 int32_t pos[4] = {65535, 30001, 12345, 8191};
                 b->ops->rope(b, y, pos, n_tok, 1, hd, &p);
@@ -334,18 +322,18 @@ static void attention_case(int simd, int threads, int64_t max_ctx, enum dtype ty
     const size_t esz = type == DTYPE_F16 ? 2 : 4;
 
     /* scattered block tables: a shuffled permutation of the physical blocks */
-    int32_t *perm = xmalloc((size_t)n_blocks * sizeof(int32_t));
+    int32_t *perm = tu_xmalloc((size_t)n_blocks * sizeof(int32_t));
     for (int64_t i = 0; i < n_blocks; i++) perm[i] = (int32_t)i;
     for (int64_t i = n_blocks - 1; i > 0; i--) {
         int64_t j = (int64_t)(tu_next(r) % (uint64_t)(i + 1));
         int32_t t = perm[i];
         perm[i] = perm[j], perm[j] = t;
     }
-    int32_t *tables = xmalloc((size_t)(s->n_seq * max_blocks) * sizeof(int32_t));
+    int32_t *tables = tu_xmalloc((size_t)(s->n_seq * max_blocks) * sizeof(int32_t));
     for (int64_t i = 0; i < s->n_seq * max_blocks; i++) tables[i] = perm[i];
 
     /* cache full of NaN bytes, so that reading a slot never stored shows up */
-    struct kv_layer kv = {.k = xmalloc((size_t)(n_slots * row) * esz), .v = xmalloc((size_t)(n_slots * row) * esz),
+    struct kv_layer kv = {.k = tu_xmalloc((size_t)(n_slots * row) * esz), .v = tu_xmalloc((size_t)(n_slots * row) * esz),
                           .type = type, .n_blocks = n_blocks, .block_size = BS, .n_kv = s->n_kv, .head_dim = s->hd};
     memset(kv.k, 0xff, (size_t)(n_slots * row) * esz);
     memset(kv.v, 0xff, (size_t)(n_slots * row) * esz);
@@ -353,10 +341,10 @@ static void attention_case(int simd, int threads, int64_t max_ctx, enum dtype ty
     /* store every position of every sequence in one batch, plus a padding token (slot -1) */
     int64_t n_store = 1;
     for (int q = 0; q < s->n_seq; q++) n_store += s->lens[q];
-    float *kf = rand_floats(r, (size_t)(n_store * row), -1.0f, 1.0f);
-    float *vf = rand_floats(r, (size_t)(n_store * row), -1.0f, 1.0f);
-    int64_t *slots = xmalloc((size_t)n_store * sizeof(int64_t));
-    int64_t *base = xmalloc((size_t)s->n_seq * sizeof(int64_t)); /* store-batch index of (q, 0) */
+    float *kf = tu_rand_floats(r, (size_t)(n_store * row), -1.0f, 1.0f);
+    float *vf = tu_rand_floats(r, (size_t)(n_store * row), -1.0f, 1.0f);
+    int64_t *slots = tu_xmalloc((size_t)n_store * sizeof(int64_t));
+    int64_t *base = tu_xmalloc((size_t)s->n_seq * sizeof(int64_t)); /* store-batch index of (q, 0) */
     int64_t t = 0;
     for (int q = 0; q < s->n_seq; q++) {
         base[q] = t;
@@ -396,7 +384,7 @@ static void attention_case(int simd, int threads, int64_t max_ctx, enum dtype ty
     /* the query batch */
     int64_t n_q = 0;
     for (int q = 0; q < s->n_seq; q++) n_q += s->n_new[q];
-    int32_t *pos = xmalloc((size_t)n_q * sizeof(int32_t)), *seq = xmalloc((size_t)n_q * sizeof(int32_t));
+    int32_t *pos = tu_xmalloc((size_t)n_q * sizeof(int32_t)), *seq = tu_xmalloc((size_t)n_q * sizeof(int32_t));
     t = 0;
     for (int q = 0; q < s->n_seq; q++)
         for (int j = 0; j < s->n_new[q]; j++, t++) seq[t] = q, pos[t] = s->lens[q] - s->n_new[q] + j;
@@ -407,13 +395,13 @@ static void attention_case(int simd, int threads, int64_t max_ctx, enum dtype ty
         pos[n_q - 1 - i] = a, seq[n_q - 1 - i] = c;
     }
     const int64_t qrow = s->n_head * s->hd;
-    float *qv = rand_floats(r, (size_t)(n_q * qrow), -1.0f, 1.0f);
-    float *out = rand_floats(r, (size_t)(n_q * qrow), 5.0f, 6.0f);
+    float *qv = tu_rand_floats(r, (size_t)(n_q * qrow), -1.0f, 1.0f);
+    float *out = tu_rand_floats(r, (size_t)(n_q * qrow), 5.0f, 6.0f);
     struct attn_batch ab = {.n_tok = n_q, .pos = pos, .seq = seq, .block_tables = tables, .max_blocks = max_blocks};
     b->ops->attention(b, out, qv, &kv, &ab, s->n_head, s->scale, s->window);
 
     const int64_t group = s->n_head / s->n_kv;
-    double *w = xmalloc((size_t)max_len * sizeof(double));
+    double *w = tu_xmalloc((size_t)max_len * sizeof(double));
     const double tol = 3e-5 + 2e-7 * s->scale * (double)s->hd;
     for (int64_t i = 0; i < n_q; i++)
         for (int64_t h = 0; h < s->n_head; h++) {
@@ -571,14 +559,14 @@ Test(cpu_ops, attention_grouped_heads_give_the_same_bits_as_one_head_at_a_time) 
                 const int64_t hd = hds[hi], row = n_kv * hd, max_blocks = 4, n_blocks = 3 * max_blocks;
                 int32_t tables[3 * 4];
                 for (int i = 0; i < 12; i++) tables[i] = 11 - i;
-                struct kv_layer kv = {.k = xmalloc((size_t)(n_blocks * BS * row) * 2),
-                                      .v = xmalloc((size_t)(n_blocks * BS * row) * 2), .type = DTYPE_F16,
+                struct kv_layer kv = {.k = tu_xmalloc((size_t)(n_blocks * BS * row) * 2),
+                                      .v = tu_xmalloc((size_t)(n_blocks * BS * row) * 2), .type = DTYPE_F16,
                                       .n_blocks = n_blocks, .block_size = BS, .n_kv = n_kv, .head_dim = hd};
                 int64_t n_store = 0, slots[64];
                 for (int q = 0; q < 3; q++)
                     for (int64_t p = 0; p < lens[q]; p++) slots[n_store++] = (int64_t)tables[q * max_blocks + p / BS] * BS + p % BS;
-                float *kf = rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
-                float *vf = rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
+                float *kf = tu_rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
+                float *vf = tu_rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
                 struct attn_batch sb = {.n_tok = n_store, .slots = slots};
                 struct kbackend *b1 = backend_new(KSIMD_AVX2, 1, ctxs[ci]),
                                 *bn = backend_new(KSIMD_AVX2, (int)(5 * n_head), ctxs[ci]);
@@ -587,8 +575,8 @@ Test(cpu_ops, attention_grouped_heads_give_the_same_bits_as_one_head_at_a_time) 
                 int t = 0;
                 for (int q = 0; q < 3; q++)
                     for (int64_t j = 0; j < n_new[q]; j++, t++) seq[t] = q, pos[t] = (int32_t)(lens[q] - n_new[q] + j);
-                float *qv = rand_floats(&r, (size_t)(5 * n_head * hd), -2.0f, 2.0f);
-                float *o1 = xmalloc((size_t)(5 * n_head * hd) * sizeof(float)), *on = xmalloc((size_t)(5 * n_head * hd) * sizeof(float));
+                float *qv = tu_rand_floats(&r, (size_t)(5 * n_head * hd), -2.0f, 2.0f);
+                float *o1 = tu_xmalloc((size_t)(5 * n_head * hd) * sizeof(float)), *on = tu_xmalloc((size_t)(5 * n_head * hd) * sizeof(float));
                 struct attn_batch ab = {.n_tok = 5, .pos = pos, .seq = seq, .block_tables = tables, .max_blocks = max_blocks};
                 /* a large scale spreads the scores: tiny (f16 subnormal) and zero probabilities */
                 const float scale = ci ? 6.0f : 0.125f;
@@ -615,10 +603,10 @@ Test(cpu_ops, gated_act_silu_and_gelu_tanh_match_double) {
         for (size_t a = 0; a < TP_ARRAY_LEN(ns); a++)
             for (int act = 0; act < ACT_COUNT; act++) {
                 int64_t n = ns[a];
-                float *g = rand_floats(&r, (size_t)n, -12.0f, 12.0f);
-                float *u = rand_floats(&r, (size_t)n, -3.0f, 3.0f);
+                float *g = tu_rand_floats(&r, (size_t)n, -12.0f, 12.0f);
+                float *u = tu_rand_floats(&r, (size_t)n, -3.0f, 3.0f);
                 if (n > 10) g[3] = -100.0f, g[4] = 100.0f, g[5] = 0.0f, g[6] = -30.0f;
-                float *o = rand_floats(&r, (size_t)n, 0.0f, 1.0f);
+                float *o = tu_rand_floats(&r, (size_t)n, 0.0f, 1.0f);
                 b->ops->gated_act(b, o, g, u, n, (enum act_kind)act);
                 for (int64_t i = 0; i < n; i++) {
                     double x = g[i], ref, rel = 1e-5;
@@ -654,9 +642,9 @@ Test(cpu_ops, add_scale_and_add_bias_are_exact) {
         struct kbackend *b = backend_new(lv[l], 3, 16);
         for (size_t a = 0; a < TP_ARRAY_LEN(ns); a++) {
             int64_t n = ns[a];
-            float *x = rand_floats(&r, (size_t)n, -100.0f, 100.0f);
-            float *y = rand_floats(&r, (size_t)n, -1.0f, 1.0f);
-            float *o = xmalloc((size_t)n * sizeof(float));
+            float *x = tu_rand_floats(&r, (size_t)n, -100.0f, 100.0f);
+            float *y = tu_rand_floats(&r, (size_t)n, -1.0f, 1.0f);
+            float *o = tu_xmalloc((size_t)n * sizeof(float));
             b->ops->add(b, o, x, y, n);
             for (int64_t i = 0; i < n; i++) cr_assert_eq(o[i], (float)((double)x[i] + y[i]), "add n %lld", (long long)n);
             memcpy(o, x, (size_t)n * sizeof(float));
@@ -672,9 +660,9 @@ Test(cpu_ops, add_scale_and_add_bias_are_exact) {
         for (size_t a = 0; a < TP_ARRAY_LEN(rows); a++)
             for (size_t c = 0; c < TP_ARRAY_LEN(cols); c++) {
                 int64_t nr = rows[a], n = cols[c];
-                float *x = rand_floats(&r, (size_t)(nr * n), -10.0f, 10.0f);
-                float *bias = rand_floats(&r, (size_t)n, -1.0f, 1.0f);
-                float *o = xmalloc((size_t)(nr * n) * sizeof(float));
+                float *x = tu_rand_floats(&r, (size_t)(nr * n), -10.0f, 10.0f);
+                float *bias = tu_rand_floats(&r, (size_t)n, -1.0f, 1.0f);
+                float *o = tu_xmalloc((size_t)(nr * n) * sizeof(float));
                 memcpy(o, x, (size_t)(nr * n) * sizeof(float));
                 b->ops->add_bias(b, o, bias, nr, n);
                 for (int64_t i = 0; i < nr * n; i++)
@@ -700,7 +688,7 @@ static int vi_cmp(const void *pa, const void *pb) {
 }
 
 static void topk_case(struct kbackend *b, tu_rng *r, int64_t n_rows, int64_t n, int64_t k, int kind, int simd) {
-    float *x = xmalloc((size_t)(n_rows * n) * sizeof(float));
+    float *x = tu_xmalloc((size_t)(n_rows * n) * sizeof(float));
     for (int64_t i = 0; i < n_rows * n; i++) {
         if (kind == 0) x[i] = tu_uniform(r, -20.0f, 20.0f);                    /* distinct */
         else if (kind == 1) x[i] = (float)(tu_next(r) % 6);                    /* many ties */
@@ -708,11 +696,11 @@ static void topk_case(struct kbackend *b, tu_rng *r, int64_t n_rows, int64_t n, 
     }
     if (kind == 2 && n_rows > 1)
         for (int64_t i = 0; i < n; i++) x[i] = -INFINITY; /* a row with everything masked */
-    int32_t *idx = xmalloc((size_t)(n_rows * k) * sizeof(int32_t));
-    float *val = xmalloc((size_t)(n_rows * k) * sizeof(float));
-    float *lse = xmalloc((size_t)n_rows * sizeof(float));
+    int32_t *idx = tu_xmalloc((size_t)(n_rows * k) * sizeof(int32_t));
+    float *val = tu_xmalloc((size_t)(n_rows * k) * sizeof(float));
+    float *lse = tu_xmalloc((size_t)n_rows * sizeof(float));
     b->ops->topk(b, idx, val, lse, x, n_rows, n, k);
-    struct vi *ref = xmalloc((size_t)n * sizeof(struct vi));
+    struct vi *ref = tu_xmalloc((size_t)n * sizeof(struct vi));
     for (int64_t rr = 0; rr < n_rows; rr++) {
         const float *xr = x + rr * n;
         for (int64_t i = 0; i < n; i++) ref[i] = (struct vi){xr[i], (int32_t)i};

@@ -49,6 +49,7 @@
 #include "kernels/kernels.h"
 #include "kernels/quant.h"
 #include "testutil.h"
+#include "testweights.h"
 
 /* Defined by the CUDA backend (and its stub); not yet declared in kernels.h. */
 int kbackend_cuda_status(struct kbackend *b, tp_err *e);
@@ -61,12 +62,6 @@ static const enum dtype wtypes[] = {
 };
 
 /* ------------------------------------------------------------------ helpers */
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    cr_assert_not_null(p);
-    return p;
-}
 
 static tu_rng rng_new(void) {
     tu_rng r;
@@ -114,118 +109,13 @@ static void dev_get(struct kbackend *g, void *host, const void *dev, size_t byte
     gpu_ok(g, "download");
 }
 
-static float *rand_floats(tu_rng *r, size_t n, float lo, float hi) {
-    float *x = xmalloc(n * sizeof(float));
-    tu_fill_uniform(r, x, n, lo, hi);
-    return x;
-}
-
-/* ------------------------------------------------------------------ weights */
-
-struct wmat {
-    uint8_t *buf; /* host rows of before + n_in + after values */
-    size_t bytes;
-    struct kmat m; /* the middle column slice, host memory */
-    float *deq;    /* [n_out][n_in] dequantized slice */
-    float *mag;    /* [n_out][n_in] |w| + |min term| */
-};
-
-/* Offsets of a block's fp16 scale fields (-1: none) and its quant-code bytes [q0, q1)
- * for the types whose min term is a separate float (zeroing the codes leaves it). */
-static void block_fields(enum dtype t, int *h0, int *h1, int *q0, int *q1) {
-    *h0 = *h1 = -1;
-    *q0 = *q1 = 0;
-    switch (t) {
-    case DTYPE_Q4_0: case DTYPE_Q5_0: case DTYPE_Q8_0: *h0 = 0; break;
-    case DTYPE_Q4_1: *h0 = 0, *h1 = 2, *q0 = 4, *q1 = 20; break;
-    case DTYPE_Q5_1: *h0 = 0, *h1 = 2, *q0 = 4, *q1 = 24; break;
-    case DTYPE_Q2_K: *h0 = 80, *h1 = 82, *q0 = 16, *q1 = 80; break;
-    case DTYPE_Q3_K: *h0 = 108; break;
-    case DTYPE_Q4_K: *h0 = 0, *h1 = 2, *q0 = 16, *q1 = 144; break;
-    case DTYPE_Q5_K: *h0 = 0, *h1 = 2, *q0 = 16, *q1 = 176; break;
-    case DTYPE_Q6_K: *h0 = 208; break;
-    default: break;
-    }
-}
-
-static bool is_float_type(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
-
-/* Block types: uniformly random code bytes and random fp16 scales of both signs (every
- * code, every scale byte, Q8_0's -128); float types: quantized uniform values. */
-static void wmat_make(struct wmat *w, tu_rng *r, enum dtype t, int64_t n_out, int64_t n_in, int64_t before,
-                      int64_t after) {
-    const int64_t full = before + n_in + after;
-    const size_t row = dtype_row_bytes(t, full), ts = dtype_get(t)->type_size;
-    w->bytes = row * (size_t)n_out;
-    w->buf = xmalloc(w->bytes);
-    int h0, h1, q0, q1;
-    block_fields(t, &h0, &h1, &q0, &q1);
-    float *x = xmalloc((size_t)full * sizeof *x);
-    for (int64_t o = 0; o < n_out; o++) {
-        uint8_t *dst = w->buf + (size_t)o * row;
-        if (!is_float_type(t)) {
-            for (size_t i = 0; i < row; i++) dst[i] = (uint8_t)tu_next(r);
-            for (size_t b = 0; b < row / ts; b++) {
-                const int offs[2] = {h0, h1};
-                for (int k = 0; k < 2; k++) {
-                    if (offs[k] < 0) continue;
-                    float v = powf(10.0f, tu_uniform(r, -3.0f, 0.0f)) * ((tu_next(r) & 1) ? 1.0f : -1.0f);
-                    uint16_t h = f32_to_fp16(v);
-                    memcpy(dst + b * ts + (size_t)offs[k], &h, 2);
-                }
-            }
-        } else {
-            tu_fill_uniform(r, x, (size_t)full, -1.0f, 1.0f);
-            cr_assert_eq(quant_quantize_row(t, x, dst, full), row, "%s: quantize", dtype_name(t));
-        }
-    }
-    const size_t off = dtype_row_bytes(t, before);
-    w->m = (struct kmat){.data = w->buf + off, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = row};
-    w->deq = xmalloc((size_t)(n_out * n_in) * sizeof(float));
-    w->mag = xmalloc((size_t)(n_out * n_in) * sizeof(float));
-    uint8_t *tmp = xmalloc(row);
-    float *mt = xmalloc((size_t)n_in * sizeof *mt);
-    for (int64_t o = 0; o < n_out; o++) {
-        const uint8_t *src = w->buf + (size_t)o * row + off;
-        quant_dequantize_row(t, src, w->deq + o * n_in, n_in);
-        for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] = fabsf(w->deq[o * n_in + i]);
-        if (q1 > q0) {
-            const size_t nbytes = dtype_row_bytes(t, n_in);
-            memcpy(tmp, src, nbytes);
-            for (size_t b = 0; b < nbytes / ts; b++) memset(tmp + b * ts + q0, 0, (size_t)(q1 - q0));
-            quant_dequantize_row(t, tmp, mt, n_in);
-            for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] += fabsf(mt[i]);
-        }
-    }
-    free(mt);
-    free(tmp);
-    free(x);
-}
-
-static void wmat_free(struct wmat *w) {
-    free(w->buf);
-    free(w->deq);
-    free(w->mag);
-}
-
-static enum dtype vec_dot_type(enum dtype t) {
-    switch (t) {
-    case DTYPE_F32: return DTYPE_F32;
-    case DTYPE_F16: return DTYPE_F16;
-    case DTYPE_BF16: return DTYPE_BF16;
-    case DTYPE_Q4_1: case DTYPE_Q5_1: return DTYPE_Q8_1;
-    case DTYPE_Q4_0: case DTYPE_Q5_0: case DTYPE_Q8_0: return DTYPE_Q8_0;
-    default: return DTYPE_Q8_K;
-    }
-}
-
 /* One matmul of a random (sliced) weight on both backends, checked with the bounds above. */
 static void check_matmul(struct kbackend *g, struct kbackend *c, tu_rng *r, enum dtype t, int64_t n_out,
                          int64_t n_in, int64_t before, int64_t after, int64_t n_tok) {
-    struct wmat w;
-    wmat_make(&w, r, t, n_out, n_in, before, after);
-    float *x = rand_floats(r, (size_t)(n_tok * n_in), -2.0f, 2.0f);
-    float *yc = xmalloc((size_t)(n_tok * n_out) * sizeof(float)), *yg = xmalloc((size_t)(n_tok * n_out) * sizeof(float));
+    struct tu_wmat w;
+    tu_wmat_make(&w, r, t, n_out, n_in, before, after, true);
+    float *x = tu_rand_floats(r, (size_t)(n_tok * n_in), -2.0f, 2.0f);
+    float *yc = tu_xmalloc((size_t)(n_tok * n_out) * sizeof(float)), *yg = tu_xmalloc((size_t)(n_tok * n_out) * sizeof(float));
     c->ops->matmul(c, yc, &w.m, x, n_tok);
 
     uint8_t *dw = dev_copy(g, w.buf, w.bytes);
@@ -237,10 +127,10 @@ static void check_matmul(struct kbackend *g, struct kbackend *c, tu_rng *r, enum
     gpu_ok(g, dtype_name(t));
     dev_get(g, yg, dy, (size_t)(n_tok * n_out) * sizeof(float));
 
-    const enum dtype vt = vec_dot_type(t);
-    const bool gemm = n_tok > 8, quant = !is_float_type(t);
-    uint8_t *aq = xmalloc(dtype_row_bytes(vt, n_in) + 64);
-    float *a = xmalloc((size_t)n_in * sizeof *a);
+    const enum dtype vt = tu_vec_dot_type(t);
+    const bool gemm = n_tok > 8, quant = !tu_is_float_type(t);
+    uint8_t *aq = tu_xmalloc(dtype_row_bytes(vt, n_in) + 64);
+    float *a = tu_xmalloc((size_t)n_in * sizeof *a);
     for (int64_t tk = 0; tk < n_tok; tk++) {
         tu_act_quantize_row(vt, x + tk * n_in, aq, n_in);
         quant_dequantize_row(vt, aq, a, n_in);
@@ -281,7 +171,7 @@ static void check_matmul(struct kbackend *g, struct kbackend *c, tu_rng *r, enum
     free(x);
     free(yc);
     free(yg);
-    wmat_free(&w);
+    tu_wmat_free(&w);
 }
 
 /* ------------------------------------------------------------------ backend */
@@ -330,8 +220,8 @@ Test(cuda_ops, backend_refuses_a_missing_device_and_bad_sizes_with_a_message) {
 Test(cuda_ops, op_errors_are_recorded_not_fatal) {
     struct kbackend *g = gpu_new();
     tu_rng r = rng_new();
-    struct wmat w;
-    wmat_make(&w, &r, DTYPE_Q8_0, 4, 64, 0, 0);
+    struct tu_wmat w;
+    tu_wmat_make(&w, &r, DTYPE_Q8_0, 4, 64, 0, 0, true);
     uint8_t *dw = dev_copy(g, w.buf, w.bytes);
     float *dx = g->ops->alloc(g, (size_t)(MAX_TOK + 1) * 64 * sizeof(float));
     float *dy = g->ops->alloc(g, (size_t)(MAX_TOK + 1) * 4 * sizeof(float));
@@ -344,7 +234,7 @@ Test(cuda_ops, op_errors_are_recorded_not_fatal) {
     g->ops->free(g, dw);
     g->ops->free(g, dx);
     g->ops->free(g, dy);
-    wmat_free(&w);
+    tu_wmat_free(&w);
     kbackend_free(g);
 }
 
@@ -373,13 +263,13 @@ Test(cuda_ops, matmul_matches_cpu_for_every_weight_type_decode_and_prompt) {
  * slices at a granule boundary, whose partial sums must add up to the whole row's. */
 static void check_matmul_f64(struct kbackend *g, struct kbackend *c, tu_rng *r, enum dtype t, int64_t n_out,
                              int64_t n_in, int64_t granule, int64_t n_tok) {
-    struct wmat w;
+    struct tu_wmat w;
     const int64_t bs = dtype_get(t)->block_size;
-    wmat_make(&w, r, t, n_out, n_in, bs == 1 ? 1 : bs, 0);
+    tu_wmat_make(&w, r, t, n_out, n_in, bs == 1 ? 1 : bs, 0, true);
     const size_t ny = (size_t)(n_tok * n_out);
-    float *x = rand_floats(r, (size_t)(n_tok * n_in), -2.0f, 2.0f);
-    double *yc = xmalloc(ny * sizeof(double)), *yg = xmalloc(ny * sizeof(double));
-    double *y1 = xmalloc(ny * sizeof(double)), *y2 = xmalloc(ny * sizeof(double));
+    float *x = tu_rand_floats(r, (size_t)(n_tok * n_in), -2.0f, 2.0f);
+    double *yc = tu_xmalloc(ny * sizeof(double)), *yg = tu_xmalloc(ny * sizeof(double));
+    double *y1 = tu_xmalloc(ny * sizeof(double)), *y2 = tu_xmalloc(ny * sizeof(double));
     c->ops->matmul_f64(c, yc, &w.m, x, n_tok, granule);
 
     uint8_t *dw = dev_copy(g, w.buf, w.bytes);
@@ -393,7 +283,7 @@ static void check_matmul_f64(struct kbackend *g, struct kbackend *c, tu_rng *r, 
 
     /* the same columns as two slices: [0, k) and [k, n_in), k a granule boundary */
     const int64_t k = (n_in / granule / 2) * granule;
-    float *xs = xmalloc((size_t)(n_tok * n_in) * sizeof(float));
+    float *xs = tu_xmalloc((size_t)(n_tok * n_in) * sizeof(float));
     float *dxs = g->ops->alloc(g, (size_t)(n_tok * n_in) * sizeof(float));
     for (int part = 0; part < 2; part++) {
         const int64_t c0 = part ? k : 0, cn = part ? n_in - k : k;
@@ -406,9 +296,9 @@ static void check_matmul_f64(struct kbackend *g, struct kbackend *c, tu_rng *r, 
         dev_get(g, part ? y2 : y1, dy, ny * sizeof(double));
     }
 
-    const enum dtype vt = vec_dot_type(t);
-    uint8_t *aq = xmalloc(dtype_row_bytes(vt, n_in) + 64);
-    float *a = xmalloc((size_t)n_in * sizeof *a);
+    const enum dtype vt = tu_vec_dot_type(t);
+    uint8_t *aq = tu_xmalloc(dtype_row_bytes(vt, n_in) + 64);
+    float *a = tu_xmalloc((size_t)n_in * sizeof *a);
     for (int64_t tk = 0; tk < n_tok; tk++) {
         tu_act_quantize_row(vt, x + tk * n_in, aq, n_in);
         quant_dequantize_row(vt, aq, a, n_in);
@@ -429,7 +319,7 @@ static void check_matmul_f64(struct kbackend *g, struct kbackend *c, tu_rng *r, 
     g->ops->free(g, dy);
     void *host[] = {x, xs, yc, yg, y1, y2, aq, a};
     for (size_t i = 0; i < TP_ARRAY_LEN(host); i++) free(host[i]);
-    wmat_free(&w);
+    tu_wmat_free(&w);
 }
 
 Test(cuda_ops, matmul_f64_matches_cpu_and_its_slices_add_up_to_the_whole) {
@@ -449,9 +339,9 @@ Test(cuda_ops, reduce_f64_is_bit_identical_to_cpu) {
     struct kbackend *g = gpu_new(), *c = cpu_new();
     tu_rng r = rng_new();
     const int64_t n = 1000, parts = 3;
-    double *p = xmalloc((size_t)(n * parts) * sizeof(double));
+    double *p = tu_xmalloc((size_t)(n * parts) * sizeof(double));
     for (int64_t i = 0; i < n * parts; i++) p[i] = (double)tu_uniform(&r, -1e3f, 1e3f) * (1.0 + 1e-9 * (double)i);
-    float *yc = xmalloc((size_t)n * sizeof(float)), *yg = xmalloc((size_t)n * sizeof(float));
+    float *yc = tu_xmalloc((size_t)n * sizeof(float)), *yg = tu_xmalloc((size_t)n * sizeof(float));
     double *dp = dev_copy(g, p, (size_t)(n * parts) * sizeof(double));
     float *dy = g->ops->alloc(g, (size_t)n * sizeof(float));
     c->ops->reduce_f64(c, yc, p, parts, n);
@@ -494,12 +384,12 @@ Test(cuda_ops, get_rows_is_bit_identical_to_cpu_for_every_type) {
     for (size_t i = 0; i < TP_ARRAY_LEN(wtypes); i++) {
         const enum dtype t = wtypes[i];
         const int64_t n_in = 512, n_out = 37, n = 11;
-        struct wmat w;
-        wmat_make(&w, &r, t, n_out, n_in, 0, 0);
+        struct tu_wmat w;
+        tu_wmat_make(&w, &r, t, n_out, n_in, 0, 0, true);
         int32_t ids[11];
         for (int k = 0; k < n; k++) ids[k] = (int32_t)(tu_next(&r) % (uint64_t)n_out);
         ids[3] = ids[7]; /* a repeat */
-        float *oc = xmalloc((size_t)(n * n_in) * sizeof(float)), *og = xmalloc((size_t)(n * n_in) * sizeof(float));
+        float *oc = tu_xmalloc((size_t)(n * n_in) * sizeof(float)), *og = tu_xmalloc((size_t)(n * n_in) * sizeof(float));
         c->ops->get_rows(c, oc, &w.m, ids, n);
         uint8_t *dw = dev_copy(g, w.buf, w.bytes);
         int32_t *di = dev_copy(g, ids, sizeof ids);
@@ -516,7 +406,7 @@ Test(cuda_ops, get_rows_is_bit_identical_to_cpu_for_every_type) {
         g->ops->free(g, dout);
         free(oc);
         free(og);
-        wmat_free(&w);
+        tu_wmat_free(&w);
     }
     kbackend_free(g);
     kbackend_free(c);
@@ -528,8 +418,8 @@ Test(cuda_ops, rmsnorm_matches_cpu_with_weight_offset_in_place_and_without_weigh
     struct kbackend *g = gpu_new(), *c = cpu_new();
     tu_rng r = rng_new();
     const int64_t rows = 7, n = 640;
-    float *x = rand_floats(&r, (size_t)(rows * n), -30.0f, 30.0f), *w = rand_floats(&r, (size_t)n, -1.0f, 1.0f);
-    float *yc = xmalloc((size_t)(rows * n) * sizeof(float)), *yg = xmalloc((size_t)(rows * n) * sizeof(float));
+    float *x = tu_rand_floats(&r, (size_t)(rows * n), -30.0f, 30.0f), *w = tu_rand_floats(&r, (size_t)n, -1.0f, 1.0f);
+    float *yc = tu_xmalloc((size_t)(rows * n) * sizeof(float)), *yg = tu_xmalloc((size_t)(rows * n) * sizeof(float));
     float *dx = dev_copy(g, x, (size_t)(rows * n) * sizeof(float)), *dw = dev_copy(g, w, (size_t)n * sizeof(float));
     float *dy = g->ops->alloc(g, (size_t)(rows * n) * sizeof(float));
     for (int variant = 0; variant < 3; variant++) {
@@ -567,7 +457,7 @@ Test(cuda_ops, rope_matches_cpu_in_both_modes_with_freq_factors_and_yarn) {
     int32_t *dpos = dev_copy(g, pos, sizeof pos);
     float *dff = dev_copy(g, ff, sizeof ff);
     const size_t bytes = (size_t)(n_tok * n_head * hd) * sizeof(float);
-    float *xg = xmalloc(bytes), *xc = xmalloc(bytes);
+    float *xg = tu_xmalloc(bytes), *xc = tu_xmalloc(bytes);
     float *dx = g->ops->alloc(g, bytes);
     for (int cfg = 0; cfg < 6; cfg++) {
         struct rope_params p = {.mode = (cfg & 1) ? ROPE_NEOX : ROPE_NORMAL, .n_rot = cfg >= 4 ? 32 : 64,
@@ -614,8 +504,8 @@ Test(cuda_ops, gated_act_matches_cpu_for_silu_and_gelu) {
     struct kbackend *g = gpu_new(), *c = cpu_new();
     tu_rng r = rng_new();
     const int64_t n = 3001;
-    float *gate = rand_floats(&r, (size_t)n, -12.0f, 12.0f), *up = rand_floats(&r, (size_t)n, -2.0f, 2.0f);
-    float *oc = xmalloc((size_t)n * sizeof(float)), *og = xmalloc((size_t)n * sizeof(float));
+    float *gate = tu_rand_floats(&r, (size_t)n, -12.0f, 12.0f), *up = tu_rand_floats(&r, (size_t)n, -2.0f, 2.0f);
+    float *oc = tu_xmalloc((size_t)n * sizeof(float)), *og = tu_xmalloc((size_t)n * sizeof(float));
     float *dg = dev_copy(g, gate, (size_t)n * sizeof(float)), *du = dev_copy(g, up, (size_t)n * sizeof(float));
     float *dout = g->ops->alloc(g, (size_t)n * sizeof(float));
     for (int act = 0; act < ACT_COUNT; act++) {
@@ -653,8 +543,8 @@ Test(cuda_ops, add_scale_and_add_bias_are_bit_identical_to_cpu) {
     tu_rng r = rng_new();
     const int64_t rows = 5, n = 777, tot = rows * n;
     const size_t bytes = (size_t)tot * sizeof(float);
-    float *a = rand_floats(&r, (size_t)tot, -100.0f, 100.0f), *b = rand_floats(&r, (size_t)tot, -1.0f, 1.0f);
-    float *bias = rand_floats(&r, (size_t)n, -5.0f, 5.0f), *og = xmalloc(bytes);
+    float *a = tu_rand_floats(&r, (size_t)tot, -100.0f, 100.0f), *b = tu_rand_floats(&r, (size_t)tot, -1.0f, 1.0f);
+    float *bias = tu_rand_floats(&r, (size_t)n, -5.0f, 5.0f), *og = tu_xmalloc(bytes);
     float *da = dev_copy(g, a, bytes), *db = dev_copy(g, b, bytes), *dbias = dev_copy(g, bias, (size_t)n * sizeof(float));
     c->ops->add(c, a, a, b, tot); /* y aliases a */
     g->ops->add(g, da, da, db, tot);
@@ -701,8 +591,8 @@ static void check_attention(struct kbackend *g, struct kbackend *c, tu_rng *r, e
 
     /* store: every position of both sequences, and one padding token (slot -1) */
     const int64_t n_st = len[0] + len[1] + 1, row = n_kv * hd;
-    int32_t *spos = xmalloc((size_t)n_st * sizeof(int32_t)), *sseq = xmalloc((size_t)n_st * sizeof(int32_t));
-    int64_t *slots = xmalloc((size_t)n_st * sizeof(int64_t));
+    int32_t *spos = tu_xmalloc((size_t)n_st * sizeof(int32_t)), *sseq = tu_xmalloc((size_t)n_st * sizeof(int32_t));
+    int64_t *slots = tu_xmalloc((size_t)n_st * sizeof(int64_t));
     int64_t m = 0;
     for (int s = 0; s < 2; s++)
         for (int64_t p = 0; p < len[s]; p++, m++) {
@@ -711,10 +601,10 @@ static void check_attention(struct kbackend *g, struct kbackend *c, tu_rng *r, e
             slots[m] = (int64_t)tables[s * max_blocks + p / bsz] * bsz + p % bsz;
         }
     spos[m] = 0, sseq[m] = 0, slots[m] = -1;
-    float *k = rand_floats(r, (size_t)(n_st * row), -1.0f, 1.0f), *v = rand_floats(r, (size_t)(n_st * row), -1.0f, 1.0f);
+    float *k = tu_rand_floats(r, (size_t)(n_st * row), -1.0f, 1.0f), *v = tu_rand_floats(r, (size_t)(n_st * row), -1.0f, 1.0f);
 
     const size_t es = kvt == DTYPE_F16 ? 2 : 4, cache_bytes = (size_t)(n_blocks * bsz * row) * es;
-    void *kc = xmalloc(cache_bytes), *vc = xmalloc(cache_bytes), *kg = xmalloc(cache_bytes), *vg = xmalloc(cache_bytes);
+    void *kc = tu_xmalloc(cache_bytes), *vc = tu_xmalloc(cache_bytes), *kg = tu_xmalloc(cache_bytes), *vg = tu_xmalloc(cache_bytes);
     memset(kc, 0, cache_bytes);
     memset(vc, 0, cache_bytes);
     struct kv_layer lc = {kc, vc, kvt, n_blocks, bsz, n_kv, hd};
@@ -737,9 +627,9 @@ static void check_attention(struct kbackend *g, struct kbackend *c, tu_rng *r, e
     const int64_t n_q = 5;
     int32_t qpos[5] = {20, 21, 22, 8, 9}, qseq[5] = {0, 0, 0, 1, 1};
     int64_t qslots[5] = {0};
-    float *q = rand_floats(r, (size_t)(n_q * n_head * hd), -1.0f, 1.0f);
+    float *q = tu_rand_floats(r, (size_t)(n_q * n_head * hd), -1.0f, 1.0f);
     const size_t obytes = (size_t)(n_q * n_head * hd) * sizeof(float);
-    float *oc = xmalloc(obytes), *og = xmalloc(obytes);
+    float *oc = tu_xmalloc(obytes), *og = tu_xmalloc(obytes);
     struct attn_batch qc = {.n_tok = n_q, .pos = qpos, .seq = qseq, .block_tables = tables, .max_blocks = max_blocks,
                             .slots = qslots};
     struct attn_batch qg = {.n_tok = n_q, .pos = dev_copy(g, qpos, sizeof qpos), .seq = dev_copy(g, qseq, sizeof qseq),
@@ -799,9 +689,9 @@ Test(cuda_ops, kv_store_and_paged_attention_match_cpu_for_f16_f32_gqa_and_window
 static void check_topk(struct kbackend *g, struct kbackend *c, const float *logits, int64_t rows, int64_t n, int64_t k) {
     const size_t bytes = (size_t)(rows * n) * sizeof(float);
     float *dl = dev_copy(g, logits, bytes);
-    int32_t *ic = xmalloc((size_t)(rows * k) * sizeof(int32_t)), *ig = xmalloc((size_t)(rows * k) * sizeof(int32_t));
-    float *vc = xmalloc((size_t)(rows * k) * sizeof(float)), *vg = xmalloc((size_t)(rows * k) * sizeof(float));
-    float *lc = xmalloc((size_t)rows * sizeof(float)), *lg = xmalloc((size_t)rows * sizeof(float));
+    int32_t *ic = tu_xmalloc((size_t)(rows * k) * sizeof(int32_t)), *ig = tu_xmalloc((size_t)(rows * k) * sizeof(int32_t));
+    float *vc = tu_xmalloc((size_t)(rows * k) * sizeof(float)), *vg = tu_xmalloc((size_t)(rows * k) * sizeof(float));
+    float *lc = tu_xmalloc((size_t)rows * sizeof(float)), *lg = tu_xmalloc((size_t)rows * sizeof(float));
     c->ops->topk(c, ic, vc, lc, logits, rows, n, k);
     g->ops->topk(g, ig, vg, lg, dl, rows, n, k);
     gpu_ok(g, "topk");
@@ -838,7 +728,7 @@ Test(cuda_ops, topk_matches_cpu_with_ties_specials_and_every_k_path) {
     const int64_t ks[] = {1, 10, 256, 300};
     for (size_t a = 0; a < TP_ARRAY_LEN(ns); a++) {
         const int64_t n = ns[a], rows = 3;
-        float *x = xmalloc((size_t)(rows * n) * sizeof(float));
+        float *x = tu_xmalloc((size_t)(rows * n) * sizeof(float));
         for (int64_t i = 0; i < rows * n; i++) x[i] = roundf(tu_uniform(&r, -4.0f, 4.0f) * 8.0f) / 8.0f; /* many ties */
         x[n + 5] = INFINITY;                                   /* row 1: +inf */
         x[2 * n + 1] = NAN, x[2 * n + 2] = -INFINITY;          /* row 2: NaN */
@@ -849,7 +739,7 @@ Test(cuda_ops, topk_matches_cpu_with_ties_specials_and_every_k_path) {
     float small[100];
     for (int i = 0; i < 100; i++) small[i] = tu_uniform(&r, -1.0f, 1.0f);
     check_topk(g, c, small, 1, 100, 200); /* k > n pads */
-    float *many = rand_floats(&r, (size_t)40 * 50, -5.0f, 5.0f);
+    float *many = tu_rand_floats(&r, (size_t)40 * 50, -5.0f, 5.0f);
     check_topk(g, c, many, 40, 50, 7); /* more rows than max_tokens */
     for (int i = 0; i < 50; i++) many[i] = -INFINITY;
     check_topk(g, c, many, 1, 50, 5); /* all -inf */

@@ -29,6 +29,7 @@
 #include "kernels/cpu/cpu.h"
 #include "kernels/quant.h"
 #include "testutil.h"
+#include "testweights.h"
 
 static const enum dtype wtypes[] = {
     DTYPE_F32,  DTYPE_F16,  DTYPE_BF16, DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0, DTYPE_Q5_1,
@@ -59,122 +60,9 @@ static size_t scratch_for(int64_t tokens, int64_t n_in) {
     return cpu_matmul_scratch_bytes(&o);
 }
 
-/* ------------------------------------------------------------------ weights */
-
-struct wmat {
-    uint8_t *buf;
-    struct kmat m;
-    float *deq; /* [n_out][n_in] dequantized slice */
-    float *mag; /* [n_out][n_in] |w| + |min term| */
-};
-
-/* Byte offsets of the fp16 scale fields inside a block and the byte range of its quant
- * codes (for asymmetric types: zeroing the codes leaves the min term). */
-static void block_fields(enum dtype t, int *h0, int *h1, int *q0, int *q1) {
-    *h0 = *h1 = -1;
-    *q0 = *q1 = 0;
-    switch (t) {
-    case DTYPE_Q4_0: *h0 = 0; break;
-    case DTYPE_Q5_0: *h0 = 0; break;
-    case DTYPE_Q8_0: *h0 = 0; break;
-    case DTYPE_Q4_1: *h0 = 0, *h1 = 2, *q0 = 4, *q1 = 20; break;
-    case DTYPE_Q5_1: *h0 = 0, *h1 = 2, *q0 = 4, *q1 = 24; break;
-    case DTYPE_Q2_K: *h0 = 80, *h1 = 82, *q0 = 16, *q1 = 80; break;
-    case DTYPE_Q3_K: *h0 = 108; break;
-    case DTYPE_Q4_K: *h0 = 0, *h1 = 2, *q0 = 16, *q1 = 144; break;
-    case DTYPE_Q5_K: *h0 = 0, *h1 = 2, *q0 = 16, *q1 = 176; break;
-    case DTYPE_Q6_K: *h0 = 208; break;
-    default: break;
-    }
-}
-
-static bool is_float_type(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
-
-/* Fills w->deq and w->mag from the rows w->m points at. */
-static void wmat_decode(struct wmat *w) {
-    const enum dtype t = w->m.type;
-    const int64_t n_out = w->m.n_out, n_in = w->m.n_in;
-    const size_t ts = dtype_get(t)->type_size, nbytes = dtype_row_bytes(t, n_in);
-    int h0, h1, q0, q1;
-    block_fields(t, &h0, &h1, &q0, &q1);
-    w->deq = malloc((size_t)(n_out * n_in + 1) * sizeof(float));
-    w->mag = malloc((size_t)(n_out * n_in + 1) * sizeof(float));
-    uint8_t *tmp = malloc(nbytes + 1);
-    float *mt = malloc((size_t)(n_in + 1) * sizeof *mt);
-    for (int64_t o = 0; o < n_out; o++) {
-        const uint8_t *src = (const uint8_t *)w->m.data + (size_t)o * w->m.row_stride;
-        quant_dequantize_row(t, src, w->deq + o * n_in, n_in);
-        for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] = fabsf(w->deq[o * n_in + i]);
-        if (q1 > q0) { /* the min term: the row with its codes zeroed */
-            memcpy(tmp, src, nbytes);
-            for (size_t b = 0; b < nbytes / ts; b++) memset(tmp + b * ts + q0, 0, (size_t)(q1 - q0));
-            quant_dequantize_row(t, tmp, mt, n_in);
-            for (int64_t i = 0; i < n_in; i++) w->mag[o * n_in + i] += fabsf(mt[i]);
-        }
-    }
-    free(tmp);
-    free(mt);
-}
-
-/* n_out rows of `before + n_in + after` values; the kmat is the middle column slice.
- * random_bytes: block types get uniformly random code bytes with random fp16 scales
- * (covering every code, negative scales, Q8_0's -128), otherwise quantized gaussians. */
-static void wmat_make(struct wmat *w, tu_rng *r, enum dtype t, int64_t n_out, int64_t n_in, int64_t before,
-                      int64_t after, bool random_bytes) {
-    const int64_t full = before + n_in + after;
-    const size_t row = dtype_row_bytes(t, full);
-    const size_t ts = dtype_get(t)->type_size;
-    w->buf = aligned_alloc(64, TP_ALIGN_UP(row * (size_t)(n_out ? n_out : 1), 64));
-    float *x = malloc((size_t)full * sizeof *x);
-    int h0, h1, q0, q1;
-    block_fields(t, &h0, &h1, &q0, &q1);
-    for (int64_t o = 0; o < n_out; o++) {
-        uint8_t *dst = w->buf + (size_t)o * row;
-        if (random_bytes && !is_float_type(t)) {
-            for (size_t i = 0; i < row; i++) dst[i] = (uint8_t)tu_next(r);
-            for (size_t b = 0; b < row / ts; b++) {
-                int offs[2] = {h0, h1};
-                for (int k = 0; k < 2; k++) {
-                    if (offs[k] < 0) continue;
-                    float v = powf(10.0f, tu_uniform(r, -3.0f, 0.0f)) * (tu_next(r) & 1 ? 1.0f : -1.0f);
-                    uint16_t h = f32_to_fp16(v);
-                    memcpy(dst + b * ts + (size_t)offs[k], &h, 2);
-                }
-            }
-        } else {
-            float scale = powf(10.0f, tu_uniform(r, -2.0f, 0.5f));
-            for (int64_t i = 0; i < full; i++) x[i] = scale * tu_normal(r);
-            cr_assert_eq(quant_quantize_row(t, x, dst, full), row, "%s: quantize", dtype_name(t));
-        }
-    }
-    const size_t off = dtype_row_bytes(t, before);
-    w->m = (struct kmat){.data = w->buf + off, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = row};
-    wmat_decode(w);
-    free(x);
-}
-
-static void wmat_free(struct wmat *w) {
-    free(w->buf);
-    free(w->deq);
-    free(w->mag);
-}
-
-/* ------------------------------------------------------------------ reference */
-
-static enum dtype vec_dot_type(enum dtype t) {
-    switch (t) {
-    case DTYPE_F32: return DTYPE_F32;
-    case DTYPE_F16: return DTYPE_F16;
-    case DTYPE_BF16: return DTYPE_BF16;
-    case DTYPE_Q4_1: case DTYPE_Q5_1: return DTYPE_Q8_1;
-    case DTYPE_Q4_0: case DTYPE_Q5_0: case DTYPE_Q8_0: return DTYPE_Q8_0;
-    default: return DTYPE_Q8_K;
-    }
-}
-
 /* Checks y[t][o] of a matmul of w with x (n_tok rows) against both references. */
-static void check_result(const struct wmat *w, const float *x, int64_t n_tok, const float *y, const char *what) {
-    const enum dtype t = w->m.type, vt = vec_dot_type(t);
+static void check_result(const struct tu_wmat *w, const float *x, int64_t n_tok, const float *y, const char *what) {
+    const enum dtype t = w->m.type, vt = tu_vec_dot_type(t);
     const int64_t n_in = w->m.n_in, n_out = w->m.n_out;
     const size_t qbytes = dtype_row_bytes(vt, n_in);
     uint8_t *aq = malloc(qbytes + 64);
@@ -260,11 +148,11 @@ Test(matmul, every_type_and_simd_level_matches_the_double_reference) {
     for (size_t k = 0; k < TP_ARRAY_LEN(wtypes); k++) {
         const enum dtype t = wtypes[k];
         const int64_t bs = dtype_get(t)->block_size;
-        const int64_t n_in = is_float_type(t) ? 771 : 768, n_out = 37;
+        const int64_t n_in = tu_is_float_type(t) ? 771 : 768, n_out = 37;
         for (int mode = 0; mode < 2; mode++) {
-            struct wmat w;
+            struct tu_wmat w;
             /* mode 1: a column slice one block in from both ends, random block bytes */
-            wmat_make(&w, &r, t, n_out, n_in, mode ? bs * (bs == 1 ? 5 : 1) : 0, mode ? bs : 0, mode == 1);
+            tu_wmat_make(&w, &r, t, n_out, n_in, mode ? bs * (bs == 1 ? 5 : 1) : 0, mode ? bs : 0, mode == 1);
             for (int l = 0; l < n_lv; l++) {
                 struct tback b;
                 tback_init(&b, lv[l], NULL, 1, scratch_for(33, n_in));
@@ -284,7 +172,7 @@ Test(matmul, every_type_and_simd_level_matches_the_double_reference) {
                 }
                 tback_free(&b);
             }
-            wmat_free(&w);
+            tu_wmat_free(&w);
         }
     }
 }
@@ -315,11 +203,11 @@ Test(matmul, every_type_matches_llama_cpps_own_cpu_dot_products) {
         const int64_t n_in = h[2], n_out = h[3], n_tok = h[4];
         const size_t wbytes = dtype_row_bytes(t, n_in) * (size_t)n_out;
         cr_assert_eq(size, 24 + wbytes + 4 * (size_t)(n_tok * n_in + n_tok * n_out), "%s: size", rel);
-        struct wmat w = {.buf = aligned_alloc(64, TP_ALIGN_UP(wbytes, 64))};
+        struct tu_wmat w = {.buf = aligned_alloc(64, TP_ALIGN_UP(wbytes, 64))};
         memcpy(w.buf, file + 24, wbytes);
         w.m = (struct kmat){
             .data = w.buf, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = wbytes / (size_t)n_out};
-        wmat_decode(&w);
+        tu_wmat_decode(&w);
         float *x = malloc((size_t)(n_tok * n_in) * sizeof *x), *want = malloc((size_t)(n_tok * n_out) * sizeof *want);
         float *y = malloc((size_t)(n_tok * n_out) * sizeof *y);
         memcpy(x, file + 24 + wbytes, (size_t)(n_tok * n_in) * sizeof *x);
@@ -331,7 +219,7 @@ Test(matmul, every_type_matches_llama_cpps_own_cpu_dot_products) {
             for (int64_t tk = 0; tk < n_tok; tk++)
                 for (int64_t o = 0; o < n_out; o++) {
                     const float *xt = x + tk * n_in, *wm = w.mag + o * n_in;
-                    const bool q8_32 = vec_dot_type(t) == DTYPE_Q8_0 || vec_dot_type(t) == DTYPE_Q8_1;
+                    const bool q8_32 = tu_vec_dot_type(t) == DTYPE_Q8_0 || tu_vec_dot_type(t) == DTYPE_Q8_1;
                     double s = 0, flips = 0;
                     for (int64_t i = 0; i < n_in; i++) {
                         s += (double)wm[i] * fabs((double)xt[i]);
@@ -353,7 +241,7 @@ Test(matmul, every_type_matches_llama_cpps_own_cpu_dot_products) {
             tback_free(&b);
         }
         free(x), free(want), free(y), free(file);
-        wmat_free(&w);
+        tu_wmat_free(&w);
     }
 }
 
@@ -368,9 +256,9 @@ Test(matmul, threads_scratch_chunks_and_tile_width_do_not_change_a_bit) {
     const int64_t n_tok = 13, n_out = 101;
     for (size_t k = 0; k < TP_ARRAY_LEN(wtypes); k++) {
         const enum dtype t = wtypes[k];
-        const int64_t n_in = is_float_type(t) ? 515 : 512;
-        struct wmat w;
-        wmat_make(&w, &r, t, n_out, n_in, 0, 0, false);
+        const int64_t n_in = tu_is_float_type(t) ? 515 : 512;
+        struct tu_wmat w;
+        tu_wmat_make(&w, &r, t, n_out, n_in, 0, 0, false);
         float *x = random_x(&r, n_tok * n_in);
         for (int l = 0; l < n_lv; l++) {
             struct tback one, many, tiny, none;
@@ -400,7 +288,7 @@ Test(matmul, threads_scratch_chunks_and_tile_width_do_not_change_a_bit) {
             tback_free(&one), tback_free(&many), tback_free(&tiny), tback_free(&none);
         }
         free(x);
-        wmat_free(&w);
+        tu_wmat_free(&w);
     }
     tpool_free(pool);
 }
@@ -419,8 +307,8 @@ Test(matmul, row_blocks_do_not_change_a_bit) {
     static const enum dtype types[] = {DTYPE_Q4_0, DTYPE_Q8_0, DTYPE_Q4_K, DTYPE_F16};
     for (size_t k = 0; k < TP_ARRAY_LEN(types); k++) {
         const enum dtype t = types[k];
-        struct wmat w;
-        wmat_make(&w, &r, t, n_out, n_in, 0, 0, false);
+        struct tu_wmat w;
+        tu_wmat_make(&w, &r, t, n_out, n_in, 0, 0, false);
         float *x = random_x(&r, n_tok * n_in);
         const size_t ybytes = (size_t)(n_tok * n_out) * sizeof(float);
         float *y1 = malloc(ybytes), *y2 = malloc(ybytes), *yt = malloc((size_t)n_out * sizeof *yt);
@@ -441,7 +329,7 @@ Test(matmul, row_blocks_do_not_change_a_bit) {
             tback_free(&one), tback_free(&two);
         }
         free(y1), free(y2), free(yt), free(x);
-        wmat_free(&w);
+        tu_wmat_free(&w);
     }
     tpool_free(pool);
 }
@@ -449,8 +337,8 @@ Test(matmul, row_blocks_do_not_change_a_bit) {
 Test(matmul, empty_extents_write_nothing) {
     tu_rng r;
     tu_rng_init(&r, tu_seed());
-    struct wmat w;
-    wmat_make(&w, &r, DTYPE_Q4_0, 8, 64, 0, 0, false);
+    struct tu_wmat w;
+    tu_wmat_make(&w, &r, DTYPE_Q4_0, 8, 64, 0, 0, false);
     struct tback b;
     tback_init(&b, cpu_simd_detect(), NULL, 1, scratch_for(4, 64));
     float x[4 * 64], y[4 * 8];
@@ -466,15 +354,15 @@ Test(matmul, empty_extents_write_nothing) {
     cpu_matmul(&b.kb, y, &no_in, x, 4);
     for (int i = 0; i < 32; i++) cr_assert_eq(y[i], 0.0f);
     tback_free(&b);
-    wmat_free(&w);
+    tu_wmat_free(&w);
 }
 
 Test(matmul, get_rows_returns_the_dequantized_rows_of_the_ids) {
     tu_rng r;
     tu_rng_init(&r, tu_seed());
     for (size_t k = 0; k < TP_ARRAY_LEN(wtypes); k++) {
-        struct wmat w;
-        wmat_make(&w, &r, wtypes[k], 50, 256, 0, 256, false);
+        struct tu_wmat w;
+        tu_wmat_make(&w, &r, wtypes[k], 50, 256, 0, 256, false);
         int32_t ids[6] = {49, 0, 7, 7, 23, 1};
         float *out = malloc(6 * 256 * sizeof *out);
         struct tback b;
@@ -485,7 +373,7 @@ Test(matmul, get_rows_returns_the_dequantized_rows_of_the_ids) {
                       dtype_name(wtypes[k]), ids[i]);
         free(out);
         tback_free(&b);
-        wmat_free(&w);
+        tu_wmat_free(&w);
     }
 }
 
