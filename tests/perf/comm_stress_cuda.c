@@ -30,17 +30,7 @@
 #endif
 
 #include "parallel/comm.h"
-
-/* Sanitizer builds: Open MPI, the CUDA runtime and NCCL keep start-up allocations until
- * exit; they are not ours. Their libraries have no frame pointers, so LeakSanitizer needs
- * the slow unwinder to see that they made them. */
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) {
-    return "leak:libmpi.so\nleak:libopen-pal.so\nleak:libopen-rte.so\nleak:libpmix.so\nleak:libhwloc.so\n"
-           "leak:libevent\nleak:mca_\nleak:libcuda.so\nleak:libnccl.so\nleak:libcudart.so\n";
-}
-const char *__asan_default_options(void);
-const char *__asan_default_options(void) { return "fast_unwind_on_malloc=0"; }
+#include "../sanitizer_defaults.h"
 
 #ifdef TPLLM_HAVE_CUDA
 

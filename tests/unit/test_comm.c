@@ -12,16 +12,7 @@
 
 #include "parallel/comm.h"
 #include "testutil.h"
-
-/* Open MPI keeps start-up allocations until exit; they are not ours. Its libraries have no
- * frame pointers, so LeakSanitizer needs the slow unwinder to see that they made them. */
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) {
-    return "leak:libmpi.so\nleak:libopen-pal.so\nleak:libopen-rte.so\nleak:libpmix.so\nleak:libhwloc.so\n"
-           "leak:libevent\nleak:mca_\n";
-}
-const char *__asan_default_options(void);
-const char *__asan_default_options(void) { return "fast_unwind_on_malloc=0"; }
+#include "../sanitizer_defaults.h"
 
 static void mpi_up(void) {
     int provided = 0;

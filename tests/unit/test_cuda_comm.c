@@ -19,16 +19,7 @@
 
 #include "parallel/comm.h"
 #include "testutil.h"
-
-/* Open MPI, the CUDA runtime and NCCL keep start-up allocations until exit; they are not
- * ours. Their libraries have no frame pointers: LeakSanitizer needs the slow unwinder. */
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) {
-    return "leak:libmpi.so\nleak:libopen-pal.so\nleak:libopen-rte.so\nleak:libpmix.so\nleak:libhwloc.so\n"
-           "leak:libevent\nleak:mca_\nleak:libcuda.so\nleak:libnccl.so\nleak:libcudart.so\n";
-}
-const char *__asan_default_options(void);
-const char *__asan_default_options(void) { return "fast_unwind_on_malloc=0"; }
+#include "../sanitizer_defaults.h"
 
 #ifdef TPLLM_HAVE_CUDA
 
@@ -281,28 +272,8 @@ Test(cuda_comm, refuses_bad_arguments_and_leaves_mpi_usable) {
 
 #endif /* TPLLM_HAVE_CUDA */
 
-/* Number of CUDA devices, asked in a child process: Criterion runs each test in a forked
- * process, and a CUDA context made in the parent before fork would be unusable there. */
-static int cuda_devices(void) {
-#ifdef TPLLM_HAVE_CUDA
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) return 0;
-    if (pid == 0) {
-        int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
-        _exit(n > 100 ? 100 : n);
-    }
-    int st = 0;
-    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return 0;
-    return WEXITSTATUS(st);
-#else
-    return 0;
-#endif
-}
-
 int main(int argc, char *argv[]) {
-    if (cuda_devices() == 0) {
+    if (tu_cuda_devices() == 0) {
         printf("skipped: no CUDA device\n");
         return 77;
     }

@@ -750,28 +750,8 @@ Test(cuda_ops, topk_matches_cpu_with_ties_specials_and_every_k_path) {
 
 /* ------------------------------------------------------------------ main */
 
-/* Number of CUDA devices, asked in a child process: Criterion runs each test in a forked
- * process, and a CUDA context created in the parent before fork would be unusable there. */
-static int cuda_devices(void) {
-#ifdef TPLLM_HAVE_CUDA
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) return 0;
-    if (pid == 0) {
-        int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
-        _exit(n > 100 ? 100 : n);
-    }
-    int st = 0;
-    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return 0;
-    return WEXITSTATUS(st);
-#else
-    return 0;
-#endif
-}
-
 int main(int argc, char *argv[]) {
-    if (!kbackend_cuda_compiled() || cuda_devices() == 0) {
+    if (!kbackend_cuda_compiled() || tu_cuda_devices() == 0) {
         printf("skipped: no CUDA device\n");
         return 77;
     }

@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "kernels/kernels.h"
 #include "kernels/quant.h"
 
 uint64_t tu_seed(void) {
@@ -110,4 +112,18 @@ void tu_act_quantize_row(int vt, const float *x, uint8_t *q, int64_t n) {
         memcpy(blk, &dh, 2);
         if (vt == DTYPE_Q8_1) memcpy(blk + 2, &sh, 2);
     }
+}
+
+int tu_cuda_devices(void) {
+    if (!kbackend_cuda_compiled()) return 0;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) return 0;
+    if (pid == 0) {
+        int n = kbackend_cuda_device_count();
+        _exit(n < 0 ? 0 : n > 100 ? 100 : n);
+    }
+    int st = 0;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return 0;
+    return WEXITSTATUS(st);
 }

@@ -25,4 +25,9 @@ int tu_write_file(const char *path, const void *buf, size_t size);
  * quantizes it (Q8_0/Q8_1: llama.cpp's x86 rounding; others: quant_quantize_row). */
 void tu_act_quantize_row(int vt, const float *x, uint8_t *q, int64_t n);
 
+/* Number of CUDA devices (0 without the CUDA backend), asked in a child process:
+ * Criterion runs each test in a forked process, and a CUDA context created in the parent
+ * before the fork would be unusable there. */
+int tu_cuda_devices(void);
+
 #endif
