@@ -129,39 +129,31 @@ static void deq_q3_K(const blk_q3_K *x, float *y, int64_t nb) {
     }
 }
 
-static void deq_q4_K(const blk_q4_K *x, float *y, int64_t nb) {
-    for (int64_t i = 0; i < nb; i++) {
-        const float d = qb_fp16_to_f32(x[i].d), dmin = qb_fp16_to_f32(x[i].dmin);
-        for (int p = 0; p < 4; p++) {
-            for (int half = 0; half < 2; half++, y += 32) {
-                uint8_t sc, m;
-                qb_scale_min_k4(2 * p + half, x[i].scales, &sc, &m);
-                const float dl = d * (float)sc, ml = dmin * (float)m;
-                for (int l = 0; l < 32; l++) {
-                    int q = half ? x[i].qs[32 * p + l] >> 4 : x[i].qs[32 * p + l] & 0xF;
-                    y[l] = dl * (float)q - ml;
-                }
+/* One Q4_K / Q5_K super-block: 8 sub-blocks of 32 with 6-bit scales and mins; qh (Q5_K
+ * only, else NULL) holds the fifth bit of each value. */
+static void deq_k45_block(uint16_t dh, uint16_t dminh, const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
+                          float *y) {
+    const float d = qb_fp16_to_f32(dh), dmin = qb_fp16_to_f32(dminh);
+    for (int p = 0; p < 4; p++) {
+        for (int half = 0; half < 2; half++, y += 32) {
+            uint8_t sc, m;
+            qb_scale_min_k4(2 * p + half, scales, &sc, &m);
+            const float dl = d * (float)sc, ml = dmin * (float)m;
+            for (int l = 0; l < 32; l++) {
+                int q = half ? qs[32 * p + l] >> 4 : qs[32 * p + l] & 0xF;
+                if (qh) q |= ((qh[l] >> (2 * p + half)) & 1) << 4;
+                y[l] = dl * (float)q - ml;
             }
         }
     }
 }
 
+static void deq_q4_K(const blk_q4_K *x, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, y += 256) deq_k45_block(x[i].d, x[i].dmin, x[i].scales, x[i].qs, NULL, y);
+}
+
 static void deq_q5_K(const blk_q5_K *x, float *y, int64_t nb) {
-    for (int64_t i = 0; i < nb; i++) {
-        const float d = qb_fp16_to_f32(x[i].d), dmin = qb_fp16_to_f32(x[i].dmin);
-        for (int p = 0; p < 4; p++) {
-            for (int half = 0; half < 2; half++, y += 32) {
-                uint8_t sc, m;
-                qb_scale_min_k4(2 * p + half, x[i].scales, &sc, &m);
-                const float dl = d * (float)sc, ml = dmin * (float)m;
-                for (int l = 0; l < 32; l++) {
-                    int q = half ? x[i].qs[32 * p + l] >> 4 : x[i].qs[32 * p + l] & 0xF;
-                    q |= ((x[i].qh[l] >> (2 * p + half)) & 1) << 4;
-                    y[l] = dl * (float)q - ml;
-                }
-            }
-        }
-    }
+    for (int64_t i = 0; i < nb; i++, y += 256) deq_k45_block(x[i].d, x[i].dmin, x[i].scales, x[i].qs, x[i].qh, y);
 }
 
 static void deq_q6_K(const blk_q6_K *x, float *y, int64_t nb) {

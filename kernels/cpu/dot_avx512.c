@@ -56,15 +56,7 @@ A5I __m512i a5_pair_i16(int16_t a, int16_t b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(a)), _mm256_set1_epi16(b), 1);
 }
 
-#define A5_KERNEL(name, body)                                                                                \
-    static A5 void name(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, int nt, float *out) { \
-        switch (nt) {                                                                                        \
-        case 1: body(w, n, a, t0, 1, out); break;                                                            \
-        case 2: body(w, n, a, t0, 2, out); break;                                                            \
-        case 3: body(w, n, a, t0, 3, out); break;                                                            \
-        default: body(w, n, a, t0, 4, out); break;                                                           \
-        }                                                                                                    \
-    }
+#define A5_KERNEL(name, body) KDOT_KERNEL(A5, name, body)
 
 /* ------------------------------------------------------------------ Q8_0, Q4_0 */
 

@@ -50,17 +50,8 @@ A2I void a2_prefetch(const char *p, size_t bytes) {
 #endif
 }
 
-/* Kernel entry points: `body` is instantiated for each tile width so that the per-token
- * accumulators live in registers. */
-#define A2_KERNEL(name, body)                                                                                \
-    static A2 void name(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, int nt, float *out) { \
-        switch (nt) {                                                                                        \
-        case 1: body(w, n, a, t0, 1, out); break;                                                            \
-        case 2: body(w, n, a, t0, 2, out); break;                                                            \
-        case 3: body(w, n, a, t0, 3, out); break;                                                            \
-        default: body(w, n, a, t0, 4, out); break;                                                           \
-        }                                                                                                    \
-    }
+/* Kernel entry points with the AVX2 target (KDOT_KERNEL). */
+#define A2_KERNEL(name, body) KDOT_KERNEL(A2, name, body)
 
 /* The K-quant kernels (dot_avx2_k.c); NULL for other types. */
 kdot_fn kdot_avx2_k(enum dtype t);

@@ -95,4 +95,16 @@ kdot_fn kdot_scalar(enum dtype t);
 kdot_fn kdot_avx2(enum dtype t);
 kdot_fn kdot_avx512(enum dtype t);
 
+/* A kernel entry point with attributes `attrs` (a target): `body` is instantiated for each
+ * tile width (1..KDOT_NT tokens) so that the per-token accumulators live in registers. */
+#define KDOT_KERNEL(attrs, name, body)                                                                      \
+    static attrs void name(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, int nt, float *out) { \
+        switch (nt) {                                                                                       \
+        case 1: body(w, n, a, t0, 1, out); break;                                                           \
+        case 2: body(w, n, a, t0, 2, out); break;                                                           \
+        case 3: body(w, n, a, t0, 3, out); break;                                                           \
+        default: body(w, n, a, t0, 4, out); break;                                                          \
+        }                                                                                                   \
+    }
+
 #endif
