@@ -79,11 +79,22 @@ struct kbackend_opts {
     int64_t max_in;         /* longest matmul input row */
     int64_t max_ctx;        /* longest sequence attention must cover */
     int64_t max_heads;      /* most query heads on this rank */
-    int simd;               /* force a CPU SIMD level (KSIMD_*), -1: best available */
+    int simd;               /* CPU SIMD level (KSIMD_*); -1: auto (TPLLM_SIMD if set, else
+                             * kbackend_simd_default()) */
     int device;             /* CUDA device ordinal */
 };
 
 enum ksimd { KSIMD_SCALAR = 0, KSIMD_AVX2 = 1, KSIMD_AVX512 = 2 };
+
+/* SIMD levels by name: "scalar", "avx2", "avx512" -> KSIMD_*, "auto" -> -1; anything
+ * else -> -2. Every level computes the same bits (docs/simd.md); they differ in speed. */
+int kbackend_simd_parse(const char *name);
+const char *kbackend_simd_name(int level); /* "auto" for -1 */
+/* The best level this CPU (and this build) can run. */
+int kbackend_simd_best(void);
+/* What auto picks: the fastest level measured on this kind of CPU (AVX2 where AVX-512
+ * exists too: docs/simd.md says why). */
+int kbackend_simd_default(void);
 
 struct kbackend;
 struct memtrack;

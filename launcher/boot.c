@@ -16,6 +16,8 @@ const char *boot_opts_usage =
     "  --tp N                  tensor-parallel size; must equal the number of MPI ranks (default: all ranks)\n"
     "  -t, --threads N         CPU threads per rank (default: the node's cores divided among its ranks)\n"
     "  --backend B             cpu, cuda or auto (default auto: cuda when compiled in and a GPU is visible)\n"
+    "  --simd L                CPU SIMD level: auto (default), scalar, avx2 or avx512; every level gives the\n"
+    "                          same bits, they differ in speed (env TPLLM_SIMD sets the default)\n"
     "  -c, --ctx N             context length per sequence (default 2048, at most the model's)\n"
     "  --max-batch-tokens N    tokens per forward step; prompts are processed in chunks of this (default 512)\n"
     "  --kv-type T             KV cache type: f16 (default) or f32\n"
@@ -27,6 +29,7 @@ const char *boot_opts_usage =
 void boot_opts_default(struct boot_opts *o) {
     memset(o, 0, sizeof *o);
     o->backend = "auto";
+    o->simd = -1;
     engine_opts_default(&o->eng);
     o->eng.max_seqs = 1;
     o->mem_fraction = 0.90;
@@ -96,6 +99,14 @@ int boot_parse_opt(struct boot_opts *o, int argc, char **argv, int *i) {
             return -1;
         }
         o->backend = v;
+    } else if (!strcmp(a, "--simd")) {
+        TAKES_VALUE;
+        int l = kbackend_simd_parse(v);
+        if (l == -2) {
+            fprintf(stderr, "tpllm: --simd must be auto, scalar, avx2 or avx512, got '%s'\n", v);
+            return -1;
+        }
+        o->simd = l;
     } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
         TAKES_VALUE;
         if (parse_i64(a, v, 1, 1 << 24, &o->eng.ctx)) return -1;
@@ -191,6 +202,26 @@ static int plan_memory(struct boot *b, const struct boot_opts *o, const struct k
     return 0;
 }
 
+/* The backend of --backend `which`: cuda, cpu, or auto (CUDA when it is compiled in and a
+ * device can be created, else the CPU; the startup report names what was chosen). Only
+ * the choice differs between auto and an explicit name: the caller runs the same setup
+ * after it. */
+static int create_backend(struct boot *b, const char *which, const struct kbackend_opts *ko, tp_err *e) {
+    bool use_cuda = !strcmp(which, "cuda");
+    if (!strcmp(which, "auto") && kbackend_cuda_compiled()) {
+        tp_err probe = {0};
+        if (kbackend_cuda_create(&b->be, ko, &probe) == 0) return 0;
+        use_cuda = false; /* no usable GPU here */
+    }
+    int rc;
+    if (use_cuda) {
+        if ((rc = kbackend_cuda_create(&b->be, ko, e))) return tp_err_wrap(e, "--backend cuda on rank %d", b->rank);
+        return 0;
+    }
+    if ((rc = kbackend_cpu_create(&b->be, ko, e))) return tp_err_wrap(e, "CPU backend on rank %d", b->rank);
+    return 0;
+}
+
 /* This rank's part: everything up to and including the weights. */
 static int start_local(struct boot *b, const struct boot_opts *o, tp_err *e) {
     int rc;
@@ -209,24 +240,14 @@ static int start_local(struct boot *b, const struct boot_opts *o, tp_err *e) {
                                .max_in = model_config_max_in(&b->cfg),
                                .max_ctx = o->eng.ctx,
                                .max_heads = b->cfg.n_head,
-                               .simd = -1,
+                               .simd = o->simd,
                                .device = 0};
     int n_dev = kbackend_cuda_device_count();
     if (n_dev > 0) ko.device = comm_topo(b->comm)->local_rank % n_dev; /* more ranks than GPUs: they share */
-    bool want_cuda = !strcmp(o->backend, "cuda");
-    if (!strcmp(o->backend, "auto") && kbackend_cuda_compiled()) {
-        tp_err probe = {0};
-        if (kbackend_cuda_create(&b->be, &ko, &probe) == 0) return 0;
-        want_cuda = false; /* auto: no usable GPU here -> CPU, and the report says so */
-    }
-    if (want_cuda) {
-        if ((rc = kbackend_cuda_create(&b->be, &ko, e)))
-            return tp_err_wrap(e, "--backend cuda on rank %d", b->rank);
-    } else if ((rc = kbackend_cpu_create(&b->be, &ko, e))) {
-        return rc;
-    }
+    if ((rc = create_backend(b, o->backend, &ko, e))) return rc;
+    /* Whatever the backend and however it was chosen, the same lines follow: the memory
+     * plan, then (CUDA ranks at tp > 1) the device communicator. */
     if ((rc = plan_memory(b, o, &ko, e))) return rc;
-    /* CUDA ranks exchange device buffers: NCCL, or host-staged MPI when GPUs are shared */
     if (strcmp(b->be->ops->name, "cpu") && b->size > 1) {
         if ((rc = comm_create_device(&b->dev_comm, b->comm, ko.device, 0, e))) return rc;
         comm_set_stream(b->dev_comm, kbackend_cuda_stream(b->be));

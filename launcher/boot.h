@@ -13,6 +13,7 @@ struct boot_opts {
     int tp;                  /* --tp: 0 = the MPI world size; otherwise must equal it */
     int threads;             /* --threads: 0 = default from the topology */
     const char *backend;     /* --backend cpu|cuda|auto */
+    int simd;                /* --simd: KSIMD_* or -1 (auto: TPLLM_SIMD, else the default level) */
     struct engine_opts eng;  /* --ctx, --max-batch-tokens, --kv-type, --kv-blocks ... */
     int64_t device_mem;      /* --device-mem: budget per rank in bytes (0: free memory x mem_fraction) */
     double mem_fraction;     /* --mem-fraction (default 0.90) */

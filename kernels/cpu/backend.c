@@ -92,17 +92,34 @@ int kbackend_cpu_create(struct kbackend **out, const struct kbackend_opts *o, tp
                        o->n_threads, (long long)o->max_tokens, (long long)o->max_in,
                        (long long)o->max_ctx, (long long)o->max_heads);
     enum ksimd best = cpu_simd_detect();
-    if (o->simd < -1 || o->simd > KSIMD_AVX512)
+    int level = o->simd;
+    bool is_auto = level == -1;
+    const char *from = "opts.simd";
+    if (is_auto) {
+        const char *env = getenv("TPLLM_SIMD");
+        if (env && *env) {
+            level = kbackend_simd_parse(env);
+            if (level == -2)
+                return tp_errf(e, TP_EINVAL, "TPLLM_SIMD='%s' is not a SIMD level; set it to auto, scalar, avx2 or "
+                               "avx512 (or unset it)", env);
+            from = "TPLLM_SIMD";
+            is_auto = level == -1;
+        }
+        if (level == -1) level = kbackend_simd_default();
+    } else {
+        from = "--simd";
+    }
+    if (level < 0 || level > KSIMD_AVX512)
         return tp_errf(e, TP_EINVAL, "cpu backend: unknown SIMD level %d; use -1 (auto), 0 (scalar), "
                        "1 (avx2) or 2 (avx512)", o->simd);
-    if (o->simd > (int)best)
-        return tp_errf(e, TP_EUNSUPPORTED, "cpu backend: SIMD level %s requested but this CPU/build supports "
-                       "at most %s; ask for %s or less (or auto)",
-                       cpu_simd_name((enum ksimd)o->simd), cpu_simd_name(best), cpu_simd_name(best));
+    if (level > (int)best)
+        return tp_errf(e, TP_EUNSUPPORTED, "%s %s: this CPU (or this build) supports at most %s; ask for %s or "
+                       "less, or auto", from, cpu_simd_name((enum ksimd)level), cpu_simd_name(best),
+                       cpu_simd_name(best));
 
     struct kbackend_opts r = *o;
     r.n_threads = o->n_threads > 0 ? o->n_threads : cpu_count_usable();
-    r.simd = o->simd >= 0 ? o->simd : (int)best;
+    r.simd = level;
     if (r.max_ctx == 0) r.max_ctx = CPU_DEFAULT_ATT_CTX;
 
     size_t att_floats;
@@ -123,6 +140,8 @@ int kbackend_cpu_create(struct kbackend **out, const struct kbackend_opts *o, tp
     c->opts = r;
     c->n_threads = r.n_threads;
     c->simd = (enum ksimd)r.simd;
+    c->simd_auto = is_auto;
+    c->simd_best = best;
 
     int rc = tpool_create(&c->pool, r.n_threads, e);
     if (rc) {
@@ -150,6 +169,24 @@ int kbackend_cpu_create(struct kbackend **out, const struct kbackend_opts *o, tp
     return 0;
 }
 
+int kbackend_simd_parse(const char *name) {
+    if (!name) return -2;
+    if (!strcmp(name, "auto")) return -1;
+    if (!strcmp(name, "scalar")) return KSIMD_SCALAR;
+    if (!strcmp(name, "avx2")) return KSIMD_AVX2;
+    if (!strcmp(name, "avx512")) return KSIMD_AVX512;
+    return -2;
+}
+
+const char *kbackend_simd_name(int level) { return level == -1 ? "auto" : cpu_simd_name((enum ksimd)level); }
+
+int kbackend_simd_best(void) { return (int)cpu_simd_detect(); }
+
+/* AVX-512 gives the same bits as AVX2 but has not been measured faster on the machines
+ * we have (issue 11: 0.5x on Zen 4 before its kernels were reworked), so auto stays on
+ * AVX2 until tests/perf/bench_generate.py shows otherwise; --simd avx512 selects it. */
+int kbackend_simd_default(void) { return TP_MIN((int)cpu_simd_detect(), (int)KSIMD_AVX2); }
+
 /* Releases any backend through its own destroy; NULL is a no-op. */
 void kbackend_free(struct kbackend *b) {
     if (b) b->ops->destroy(b);
@@ -163,7 +200,8 @@ void kbackend_describe(const struct kbackend *b, char *buf, size_t n) {
         snprintf(buf, n, "none");
     } else if (b->ops == &cpu_ops) {
         const struct cpu_backend *c = b->impl;
-        snprintf(buf, n, "cpu: %s, %d thread%s", cpu_simd_name(c->simd), c->n_threads,
+        snprintf(buf, n, "cpu: %s (%s; cpu has %s), %d thread%s", cpu_simd_name(c->simd),
+                 c->simd_auto ? "auto" : "forced", cpu_simd_name(c->simd_best), c->n_threads,
                  c->n_threads == 1 ? "" : "s");
     } else if (b->ops->describe) {
         b->ops->describe(b, buf, n);

@@ -25,7 +25,9 @@ size_t cpu_attention_scratch_bytes(const struct kbackend_opts *o);
 struct cpu_backend {
     struct tpool *pool;
     int n_threads;
-    enum ksimd simd;           /* chosen at creation from CPUID (or forced by opts.simd) */
+    enum ksimd simd;           /* chosen at creation (opts.simd, TPLLM_SIMD or the default) */
+    bool simd_auto;            /* simd was the automatic choice, not asked for */
+    enum ksimd simd_best;      /* the best level this CPU supports */
     struct kbackend_opts opts;
     void *act_q;               /* scratch: activations quantized for integer dot products */
     size_t act_q_bytes;

@@ -32,7 +32,7 @@ struct rig {
     struct tokenizer *tok;
 };
 
-static void rig_up(struct rig *r, const char *path, int64_t ctx, int64_t max_batch) {
+static void rig_up(struct rig *r, const char *path, int64_t ctx, int64_t max_batch, int simd) {
     memset(r, 0, sizeof *r);
     tp_err e = {0};
     struct shard_model sm;
@@ -41,7 +41,7 @@ static void rig_up(struct rig *r, const char *path, int64_t ctx, int64_t max_bat
     cr_assert_eq(model_shard_model(&sm, &r->c, r->f, &e), 0, "%s", e.msg);
     cr_assert_eq(shard_plan_build(&r->sp, &sm, 1, &e), 0, "%s", e.msg);
     struct kbackend_opts ko = {.n_threads = 0, .max_tokens = max_batch, .max_in = model_config_max_in(&r->c),
-                               .max_ctx = ctx, .max_heads = r->c.n_head, .simd = -1};
+                               .max_ctx = ctx, .max_heads = r->c.n_head, .simd = simd};
     cr_assert_eq(kbackend_cpu_create(&r->be, &ko, &e), 0, "%s", e.msg);
     cr_assert_eq(model_load(&r->m, r->f, &r->c, &r->sp, 0, r->be, &e), 0, "%s", e.msg);
     struct engine_opts eo;
@@ -75,7 +75,7 @@ static json_t *load_golden(const char *name) {
 }
 
 /* The model file of a golden entry: the real file, or re-created with `tpllm synth` and
- * checked against the sha256 the golden was recorded on. NULL to skip. */
+ * checked against the sha256 the golden was recorded on. A missing real model skips the test. */
 static char *model_for(const char *name, json_t *golden) {
     char *spec_path = tu_src_path("tests/golden/models.json");
     json_error_t je;
@@ -89,12 +89,7 @@ static char *model_for(const char *name, json_t *golden) {
         const char *env = getenv("TPLLM_GEMMA");
         out = env ? strdup(env) : tu_src_path(json_string_value(json_object_get(s, "path")));
         FILE *f = fopen(out, "rb");
-        if (!f) {
-            fprintf(stderr, "skipped: %s not present (make models)\n", out);
-            free(out);
-            json_decref(spec);
-            return NULL;
-        }
+        if (!f) cr_skip_test("%s not present: run `make models` (or set TPLLM_GEMMA)", out);
         fclose(f);
     } else {
         const char *bin = getenv("TPLLM_BIN");
@@ -166,12 +161,8 @@ static int64_t argmax(const float *x, int64_t n) {
 static void check_model(const char *name) {
     json_t *g = load_golden(name);
     char *path = model_for(name, g);
-    if (!path) {
-        json_decref(g);
-        return;
-    }
     struct rig r;
-    rig_up(&r, path, 512, 256);
+    rig_up(&r, path, 512, 256, -1);
     int64_t V = r.c.n_vocab, n_ids, n;
     cr_assert_eq(V, json_integer_value(json_object_get(g, "n_vocab")));
     tp_err e = {0};
@@ -296,8 +287,71 @@ static void check_model(const char *name) {
     json_decref(g);
 }
 
+/* The logits of every SIMD level this CPU supports, bit for bit: 48 teacher-forced
+ * tokens as one batch (the prefill kernels), then the first 8 of them one token per step
+ * in a new sequence (the decode kernels), each level in its own backend. */
+static void check_levels(const char *name) {
+    json_t *g = load_golden(name);
+    char *path = model_for(name, g);
+    int64_t n_tf;
+    int32_t *tf = ints(json_object_get(g, "tf_ids"), &n_tf);
+    const int64_t n_batch = TP_MIN(n_tf, 48), n_dec = 8;
+    cr_assert_geq(n_tf, n_dec, "%s: too few teacher-forced ids", name);
+    float *ref = NULL;
+    int64_t V = 0;
+    const int best = kbackend_simd_best();
+    for (int lv = KSIMD_SCALAR; lv <= best; lv++) {
+        struct rig r;
+        rig_up(&r, path, 512, 64, lv);
+        V = r.c.n_vocab;
+        float *out = malloc((size_t)((n_batch + n_dec) * V) * sizeof(float));
+        cr_assert_not_null(out);
+        float *b = all_logits(&r, tf, n_batch);
+        memcpy(out, b, (size_t)(n_batch * V) * sizeof(float));
+        free(b);
+        tp_err e = {0};
+        int seq = engine_seq_open(r.en, n_batch + n_dec, &e);
+        cr_assert_geq(seq, 0, "%s", e.msg);
+        /* decode: the first n_dec teacher-forced ids one per step */
+        for (int64_t i = 0; i < n_dec; i++) {
+            int32_t p = (int32_t)i, row = 0;
+            cr_assert_eq(engine_logits(r.en, 1, tf + i, &p, &seq, 1, &row, out + (n_batch + i) * V, &e), 0, "%s",
+                         e.msg);
+        }
+        engine_seq_close(r.en, seq);
+        rig_down(&r);
+        if (!ref) {
+            ref = out;
+            continue;
+        }
+        int64_t n_diff = 0, first = -1;
+        for (int64_t i = 0; i < (n_batch + n_dec) * V; i++)
+            if (memcmp(&out[i], &ref[i], sizeof(float))) {
+                if (first < 0) first = i;
+                n_diff++;
+            }
+        fprintf(stderr, "[golden] %s: %s vs scalar: %lld of %lld logits differ\n", name, kbackend_simd_name(lv),
+                (long long)n_diff, (long long)((n_batch + n_dec) * V));
+        cr_expect_eq(n_diff, 0, "%s: %s logits differ from scalar's at %lld places (first: row %lld id %lld: %.9g vs %.9g)",
+                     name, kbackend_simd_name(lv), (long long)n_diff, (long long)(first / V), (long long)(first % V),
+                     first >= 0 ? out[first] : 0.0, first >= 0 ? ref[first] : 0.0);
+        free(out);
+    }
+    if (best == KSIMD_SCALAR) fprintf(stderr, "[golden] %s: this CPU has only the scalar level\n", name);
+    free(ref);
+    free(tf);
+    if (strstr(path, "tpllm-test-")) remove(path);
+    free(path);
+    json_decref(g);
+}
+
 Test(golden, gemma3_270m_matches_llama_cpp, .timeout = 600) { check_model("gemma3-270m"); }
 Test(golden, synthetic_llama_q8_0_matches_llama_cpp, .timeout = 300) { check_model("llama-q8_0"); }
 Test(golden, synthetic_llama_q4_0_with_5_heads_matches_llama_cpp, .timeout = 300) { check_model("llama-q4_0"); }
 Test(golden, synthetic_llama_q4_k_matches_llama_cpp, .timeout = 300) { check_model("llama-q4_k"); }
 Test(golden, synthetic_qwen2_q5_1_matches_llama_cpp, .timeout = 300) { check_model("qwen2-q5_1"); }
+
+Test(simd_levels, gemma3_270m_gives_the_same_logits_at_every_level, .timeout = 900) { check_levels("gemma3-270m"); }
+Test(simd_levels, synthetic_llama_q8_0_gives_the_same_logits_at_every_level, .timeout = 600) { check_levels("llama-q8_0"); }
+Test(simd_levels, synthetic_llama_q4_k_gives_the_same_logits_at_every_level, .timeout = 600) { check_levels("llama-q4_k"); }
+Test(simd_levels, synthetic_qwen2_q5_1_gives_the_same_logits_at_every_level, .timeout = 600) { check_levels("qwen2-q5_1"); }
