@@ -3,7 +3,8 @@
 #
 # Models: Gemma 3 270M (one KV head: replicated at every tp > 1) and synthetic models whose
 # shapes force uneven and empty shards (5 heads; an FFN of 3 Q4_K blocks, so at tp = 4 one
-# rank owns no FFN block; a Q4_K attn_output). Reports the largest logit difference vs tp = 1.
+# rank owns no FFN block; a Q4_K attn_output). The dumped logits must be the same bits as at
+# tp = 1; a mismatch of tokens or logits fails the test (exit 1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -40,16 +41,26 @@ for m in "${models[@]}"; do
             echo "FAIL: $name tp=$tp tokens differ from tp=1"; echo " tp=1: $ref"; echo " tp=$tp: $toks"; fail=1
         fi
         if [ "$tp" != 1 ]; then
-            "$py" - "$work/$name.1.logits" "$work/$name.$tp.logits" "$name" "$tp" <<'PY'
+            # the logits must be the same bits as at tp=1 (a different top-1 or any difference fails)
+            if ! "$py" - "$work/$name.1.logits" "$work/$name.$tp.logits" "$name" "$tp" <<'PY'
 import sys, array
 a = array.array('f'); b = array.array('f')
 a.frombytes(open(sys.argv[1], 'rb').read()); b.frombytes(open(sys.argv[2], 'rb').read())
+if len(a) != len(b) or not a:
+    print(f"FAIL: {sys.argv[3]} tp={sys.argv[4]}: {len(b)} logits, tp=1 has {len(a)}"); sys.exit(1)
 d = max(abs(x - y) for x, y in zip(a, b))
+n = sum(1 for x, y in zip(a, b) if x != y)
 ia = max(range(len(a)), key=a.__getitem__); ib = max(range(len(b)), key=b.__getitem__)
-print(f"{sys.argv[3]} tp={sys.argv[4]}: max |logit - logit(tp=1)| = {d:.3g}, top-1 {'same' if ia == ib else 'DIFFERENT'}")
+same = a.tobytes() == b.tobytes()
+print(f"{sys.argv[3]} tp={sys.argv[4]}: max |logit - logit(tp=1)| = {d:.3g}, {n} of {len(a)} differ, "
+      f"top-1 {'same' if ia == ib else 'DIFFERENT'}")
+if not same or ia != ib:
+    print(f"FAIL: {sys.argv[3]} tp={sys.argv[4]}: logits are not the bits of tp=1"); sys.exit(1)
 PY
+            then fail=1; fi
         fi
     done
-    echo "$name: tp=1..4 greedy tokens ${fail:+checked}: $ref"
+    echo "$name: tp=1..4 greedy tokens checked: $ref"
 done
+[ "$fail" = 0 ] && echo "all models: identical tokens and logits at tp=1..4" || echo "FAILED: see the FAIL lines above"
 exit $fail
