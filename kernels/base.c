@@ -2,6 +2,7 @@
 #include "base.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int tp_errf(tp_err *e, int code, const char *fmt, ...) {
@@ -54,4 +55,21 @@ const char *tp_status_name(int code) {
     case TP_ENOTFOUND: return "not found";
     default: return "unknown error";
     }
+}
+
+bool tp_fault(const char *site, int rank) {
+    const char *spec = getenv("TPLLM_FAULT");
+    if (!spec || !*spec || !site) return false;
+    size_t n = strlen(site);
+    for (const char *p = spec; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len >= n && !strncmp(p, site, n)) {
+            if (len == n) return true;
+            if (p[n] == '@' && atoi(p + n + 1) == rank) return true;
+        }
+        p += len;
+        if (*p == ',') p++;
+    }
+    return false;
 }

@@ -35,6 +35,12 @@ int tp_err_wrap(tp_err *e, const char *fmt, ...) __attribute__((format(printf, 2
 void tp_err_clear(tp_err *e);
 const char *tp_status_name(int code);
 
+/* Fault injection for the error-path tests: true when the environment variable
+ * TPLLM_FAULT names `site` for this rank ("site" on every rank, "site@R" on rank R only;
+ * several separated by commas), e.g. TPLLM_FAULT=gather_full@1. Sites are the rare
+ * allocations whose failure must not leave other ranks waiting in a collective. */
+bool tp_fault(const char *site, int rank);
+
 /* Checked arithmetic: return false on overflow (result untouched). */
 static inline bool tp_mul_size(size_t a, size_t b, size_t *out) {
     return !__builtin_mul_overflow(a, b, out);

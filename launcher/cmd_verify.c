@@ -151,7 +151,7 @@ int cmd_verify(int argc, char **argv) {
         int64_t V = b.cfg.n_vocab, n = 0;
         int32_t ids[1024], *gen_job = calloc((size_t)n_gen + 1, sizeof(int32_t)), *gen_ref = calloc((size_t)n_gen + 1, sizeof(int32_t));
         float *l_job = malloc((size_t)V * sizeof(float)), *l_ref = malloc((size_t)V * sizeof(float));
-        struct ref r;
+        struct ref r = {0}; /* ref_down is safe on it when an error comes before ref_up */
         int rc = !gen_job || !gen_ref || !l_job || !l_ref ? tp_errf(&e, TP_ENOMEM, "out of memory") : 0;
         if (!rc) rc = tokenizer_encode(b.tok, prompt, strlen(prompt), true, false, ids, 1024, &n, &e);
         if (!rc) rc = run(b.engine, V, ids, n, n_gen, l_job, gen_job, &e);

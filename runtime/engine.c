@@ -99,6 +99,11 @@ int engine_create(struct engine **out, struct model *m, struct comm *comm, const
         rc = tp_errf(e, TP_EINVAL, "engine: --ctx, --max-batch-tokens and the sequence count must be positive");
         goto error;
     }
+    if (o->n_cand < 1 || o->n_cand > ENGINE_MAX_CAND) {
+        rc = tp_errf(e, TP_EINVAL, "engine: %d sampling candidates per rank; give 1..%d (at least the largest top-k "
+                     "a request uses)", o->n_cand, ENGINE_MAX_CAND);
+        goto error;
+    }
     en->max_blocks_seq = (o->ctx + o->block_size - 1) / o->block_size;
     if (en->o.n_blocks <= 0) en->o.n_blocks = en->max_blocks_seq * o->max_seqs;
     en->nv_max = (m->cfg.n_vocab + en->tp - 1) / en->tp;
@@ -175,6 +180,10 @@ int64_t engine_max_batch(const struct engine *en) { return en->o.max_batch_token
 int engine_rank(const struct engine *en) { return en->rank; }
 
 int engine_seq_reserve(struct engine *en, int seq, int64_t n_tokens, tp_err *e) {
+    if (seq < 0 || seq >= en->o.max_seqs || !en->seq_used[seq])
+        return tp_errf(e, TP_EINVAL, "sequence %d is not open (slots 0..%lld); open it with engine_seq_open", seq,
+                       (long long)en->o.max_seqs - 1);
+    if (n_tokens < 0) return tp_errf(e, TP_EINVAL, "sequence %d: cannot reserve %lld tokens", seq, (long long)n_tokens);
     if (n_tokens > en->o.ctx)
         return tp_errf(e, TP_EINVAL, "sequence of %lld tokens exceeds the context of %lld; raise --ctx or shorten the prompt",
                        (long long)n_tokens, (long long)en->o.ctx);
@@ -351,8 +360,16 @@ static int gather_full(struct engine *en, int64_t n_rows, tp_err *e) {
     int64_t nv = en->m->sh.n_vocab_l, nvm = en->nv_max;
     size_t per_rank = (size_t)n_rows * (size_t)nvm * sizeof(float);
     free(en->full);
-    en->full = malloc(per_rank * (size_t)(en->tp + 1) + 1);
-    if (!en->full) return tp_errf(e, TP_ENOMEM, "out of host memory gathering logits");
+    en->full = tp_fault("gather_full", en->rank) ? NULL : malloc(per_rank * (size_t)(en->tp + 1) + 1);
+    int rc = en->full ? 0
+                      : tp_errf(e, TP_ENOMEM, "rank %d: out of host memory for %zu bytes gathering the full logits of %lld rows",
+                                en->rank, per_rank * (size_t)(en->tp + 1), (long long)n_rows);
+    /* every rank learns whether any failed before anyone enters the all-gather */
+    if (en->tp > 1) {
+        int bad = -1;
+        rc = comm_any_error(en->comm, rc, &bad, e);
+    }
+    if (rc) return rc;
     float *mine = en->full + (size_t)en->tp * (size_t)n_rows * (size_t)nvm;
     for (int64_t j = 0; j < n_rows; j++) {
         en->m->be->ops->download(en->m->be, mine + j * nvm, en->rs.logits + j * nv, (size_t)nv * sizeof(float));
@@ -443,11 +460,12 @@ static int sample_step(struct engine *en, const struct step_hdr *h, const struct
         merged = malloc(cap * sizeof *merged);
         ids = malloc(cap * sizeof *ids);
         vals = malloc(cap * sizeof *vals);
-        if (!merged || !ids || !vals) {
-            rc = tp_errf(e, TP_ENOMEM, "out of host memory sampling");
-            goto done;
+        if (!merged || !ids || !vals || tp_fault("sample_alloc", 0)) {
+            /* not `goto done`: the workers wait in the broadcast below */
+            rc = tp_errf(e, TP_ENOMEM, "rank 0: out of host memory for %zu sampling candidates", cap);
+            need_full = -1;
         }
-        for (int64_t j = 0; j < n_rows; j++) {
+        for (int64_t j = 0; !rc && j < n_rows; j++) {
             float lse;
             int64_t n = merge_row(en, n_rows, j, merged, &lse);
             for (int64_t i = 0; i < n; i++) {

@@ -10,6 +10,9 @@
 #include "forward.h"
 #include "sampler.h"
 
+/* The most candidates a rank may contribute per row (engine_opts.n_cand). */
+#define ENGINE_MAX_CAND 4096
+
 struct engine_opts {
     int64_t ctx;              /* tokens per sequence (prompt + generation) */
     int64_t max_batch_tokens; /* tokens per step (prompts are processed in chunks of this) */
@@ -17,7 +20,7 @@ struct engine_opts {
     int64_t block_size;       /* KV tokens per block */
     int64_t n_blocks;         /* KV blocks per rank; 0: enough for max_seqs full contexts */
     enum dtype kv_type;       /* F16 (default) or F32 */
-    int n_cand;               /* candidates each rank contributes per row (>= top_k) */
+    int n_cand;               /* candidates each rank contributes per row (>= top_k; 1..ENGINE_MAX_CAND) */
     int64_t max_logits;       /* logit rows per step (0: max_seqs; scoring sets it to max_batch_tokens) */
 };
 /* The logit rows per step these options give. */

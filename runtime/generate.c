@@ -102,7 +102,11 @@ int gen_run(struct engine *en, const struct tokenizer *tok, const struct gen_req
     }
     res->t_gen = now_s() - t0;
     res->tokens = malloc((size_t)TP_MAX(res->n_gen, (int64_t)1) * sizeof(int32_t));
-    if (res->tokens) memcpy(res->tokens, hist + r->n_prompt, (size_t)res->n_gen * sizeof(int32_t));
+    if (!res->tokens) {
+        rc = tp_errf(e, TP_ENOMEM, "out of host memory for the %lld generated token ids", (long long)res->n_gen);
+        goto done;
+    }
+    memcpy(res->tokens, hist + r->n_prompt, (size_t)res->n_gen * sizeof(int32_t));
 done:
     if (seq >= 0) engine_seq_close(en, seq);
     stop_free(stop);

@@ -43,6 +43,15 @@ expect_fail "unknown or incomplete option" "$bin" generate -m "$work/m.gguf" -p 
 expect_fail "top_p must be in" "$bin" generate -m "$work/m.gguf" -p hi --top-p 1.5
 expect_fail "--device-mem expects a size" "$bin" plan -m "$work/m.gguf" --device-mem lots
 
+# an allocation that fails on one rank mid-generation ends the job in seconds, naming the
+# rank, instead of leaving the others in a collective (TPLLM_FAULT: kernels/base.h)
+expect_fail "rank 1: out of host memory" env TPLLM_FAULT=gather_full@1 "$here/mpirun.sh" -np 2 -x TPLLM_FAULT "$bin" \
+    generate -m "$work/m.gguf" -p hi -n 4 --temp 1 --top-k 0 --min-p 0 --seed 1
+expect_fail "rank 0: out of host memory" env TPLLM_FAULT=gather_full@0 "$here/mpirun.sh" -np 2 -x TPLLM_FAULT "$bin" \
+    generate -m "$work/m.gguf" -p hi -n 4 --temp 1 --top-k 0 --min-p 0 --seed 1
+expect_fail "rank 0: out of host memory for" env TPLLM_FAULT=sample_alloc "$here/mpirun.sh" -np 2 -x TPLLM_FAULT "$bin" \
+    generate -m "$work/m.gguf" -p hi -n 4 --temp 0.8 --seed 1
+
 # loading progress: rank 0 shows every rank's, to 100%
 out=$("$here/mpirun.sh" -np 2 "$bin" generate -m "$work/m.gguf" -p hi -n 1 2>&1)
 if grep -q "loading rank 1: 100%" <<<"$out" && grep -q "loading rank 0: 100%" <<<"$out"; then echo "ok: progress of every rank on rank 0"; else

@@ -170,3 +170,61 @@ Test(planner, refuses_just_below_the_need_and_fits_just_above_and_the_tracker_ag
     remove(path);
     free(path);
 }
+
+/* engine_create checks the candidate count; engine_seq_reserve the sequence it is given. */
+Test(engine, refuses_bad_candidate_counts_and_sequences_that_are_not_open) {
+    char *path = synth(SMALL_LLAMA);
+    struct gguf_file *f = NULL;
+    struct model_config c;
+    struct shard_plan sp;
+    struct shard_model sm;
+    struct kbackend *be = NULL;
+    struct model m;
+    tp_err e = {0};
+    cr_assert_eq(gguf_open(&f, path, &e), 0, "%s", e.msg);
+    cr_assert_eq(model_config_load(&c, f, &e), 0, "%s", e.msg);
+    cr_assert_eq(model_shard_model(&sm, &c, f, &e), 0, "%s", e.msg);
+    cr_assert_eq(shard_plan_build(&sp, &sm, 1, &e), 0, "%s", e.msg);
+    struct kbackend_opts ko = {.n_threads = 1, .max_tokens = 16, .max_in = model_config_max_in(&c), .max_ctx = 64,
+                               .max_heads = c.n_head, .simd = -1};
+    cr_assert_eq(kbackend_cpu_create(&be, &ko, &e), 0, "%s", e.msg);
+    cr_assert_eq(model_load(&m, f, &c, &sp, 0, be, &e), 0, "%s", e.msg);
+    struct engine_opts eo;
+    engine_opts_default(&eo);
+    eo.ctx = 64;
+    eo.max_batch_tokens = 16;
+    eo.max_seqs = 2;
+    struct engine *en = NULL;
+    const int bad_cand[] = {0, -3, ENGINE_MAX_CAND + 1};
+    for (size_t i = 0; i < TP_ARRAY_LEN(bad_cand); i++) {
+        tp_err_clear(&e);
+        eo.n_cand = bad_cand[i];
+        cr_assert_eq(engine_create(&en, &m, NULL, &eo, &e), TP_EINVAL, "n_cand %d accepted", bad_cand[i]);
+        cr_assert_null(en);
+        cr_assert(strstr(e.msg, "sampling candidates"), "%s", e.msg);
+    }
+    eo.n_cand = 64;
+    tp_err_clear(&e);
+    cr_assert_eq(engine_create(&en, &m, NULL, &eo, &e), 0, "%s", e.msg);
+    const int bad_seq[] = {-1, 1, 2, 1000};
+    int s = engine_seq_open(en, 8, &e);
+    cr_assert_eq(s, 0, "%s", e.msg);
+    for (size_t i = 0; i < TP_ARRAY_LEN(bad_seq); i++) { /* 1 is in range but not open */
+        tp_err_clear(&e);
+        cr_assert_eq(engine_seq_reserve(en, bad_seq[i], 8, &e), TP_EINVAL, "sequence %d accepted", bad_seq[i]);
+        cr_assert(strstr(e.msg, "is not open"), "%s", e.msg);
+    }
+    tp_err_clear(&e);
+    cr_assert_eq(engine_seq_reserve(en, s, -5, &e), TP_EINVAL);
+    tp_err_clear(&e);
+    cr_assert_eq(engine_seq_reserve(en, s, 40, &e), 0, "%s", e.msg);
+    cr_assert_eq(engine_seq_reserve(en, s, 65, &e), TP_EINVAL, "beyond the context accepted");
+    engine_seq_close(en, s);
+    engine_free(en);
+    model_free(&m);
+    kbackend_free(be);
+    shard_plan_free(&sp);
+    gguf_close(f);
+    remove(path);
+    free(path);
+}
