@@ -283,6 +283,9 @@ extern "C" int kbackend_cuda_status(struct kbackend *b, tp_err *e) {
     cuda_backend *cb = cuda_enter(b);
     if (!cb->err.code) {
         const cudaError_t err = cudaStreamQuery(cb->stream);
+        /* "not ready" is no failure, but the runtime records it as the last error: clear
+         * it, or the next launch check (cudaGetLastError) would report it against an op */
+        if (err == cudaErrorNotReady) (void)cudaGetLastError();
         if (err != cudaSuccess && err != cudaErrorNotReady)
             cuda_op_failf(cb, TP_EIO, __FILE__, __LINE__, "asynchronous failure: %s (%s)", cudaGetErrorName(err),
                           cudaGetErrorString(err));
