@@ -40,8 +40,10 @@ kdot_fn kdot_for(enum ksimd level, enum dtype t) {
 }
 
 kdot_gran_fn kdot_gran_fused(enum ksimd level, enum dtype t) {
-    /* only where kdot_for picks the AVX2 kernel: the fused kernels repeat its order */
-    if (level >= KSIMD_AVX512 && kdot_avx512(t)) return NULL;
+    /* The fused kernels repeat the AVX2 row kernels' arithmetic. The AVX-512 row kernels
+     * give the same bits as AVX2's (dot_avx512.c; tests/unit/test_simd_avx512.c), so the
+     * AVX2 fused kernels equal the per-granule loop at that level too. (The scalar
+     * kernels give those bits as well, but the scalar level must run without AVX2.) */
     if (level >= KSIMD_AVX2) return kdot_gran_avx2(t);
     return NULL;
 }

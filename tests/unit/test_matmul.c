@@ -18,7 +18,9 @@
  * And: thread count and scratch size (chunking) do not change a single bit, a token's
  * result does not depend on how many tokens share the call, n_out = 0 / n_tok = 0 write
  * nothing, column slices (row_stride larger than the slice's bytes) read only their
- * blocks. */
+ * blocks. Every SIMD level this CPU runs (scalar, AVX2, AVX-512) gives the same bits as
+ * every other (memcmp, no tolerance), kernel by kernel for every tile width and through
+ * cpu_matmul's batched path: the scalar and AVX-512 kernels repeat the AVX2 arithmetic. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,6 +29,7 @@
 
 #include "kernels/base.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/dot_gran.h"
 #include "kernels/quant.h"
 #include "testutil.h"
 #include "testweights.h"
@@ -330,6 +333,139 @@ Test(matmul, row_blocks_do_not_change_a_bit) {
         }
         free(y1), free(y2), free(yt), free(x);
         tu_wmat_free(&w);
+    }
+    tpool_free(pool);
+}
+
+/* ------------------------------------------------------------ the same bits at every level */
+
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* Lengths for type t: block types odd and even block counts (so n is often not a multiple
+ * of 64 or 256: one block, a last odd block of a pair, groups of four and not), float
+ * types lengths with and without a tail past the last 16; then random ones. */
+static int64_t level_test_n(tu_rng *r, enum dtype t, int i) {
+    static const int64_t fixed[] = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 17, 33};
+    const int64_t blk = dtype_block(t);
+    const int nf = (int)TP_ARRAY_LEN(fixed);
+    if (blk == 1) {
+        static const int64_t fn[] = {1, 7, 15, 16, 17, 31, 32, 33, 64, 100, 257, 771};
+        return i < nf ? fn[i] : 1 + (int64_t)(tu_next(r) % 2000);
+    }
+    return blk * (i < nf ? fixed[i] : 1 + (int64_t)(tu_next(r) % (blk == 256 ? 20 : 80)));
+}
+
+/* The kernel of every level on the same weights and inputs, each level with its own
+ * activation quantizer, every tile of nt = 1..4 tokens from every start: all outputs of
+ * every level equal the scalar level's bit for bit. */
+Test(matmul, every_simd_level_gives_the_same_bits_kernel_by_kernel) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    enum ksimd lv[3];
+    const int n_lv = levels_available(lv);
+    const int n_tok = 6;
+    const int64_t n_out = 3;
+    for (size_t k = 0; k < TP_ARRAY_LEN(wtypes); k++) {
+        const enum dtype t = wtypes[k];
+        const enum kact_fmt fmt = kact_fmt_of(t);
+        for (int i = 0; i < 24; i++) {
+            const int64_t n = level_test_n(&r, t, i);
+            const bool random_bytes = i & 1;
+            struct tu_wmat w;
+            tu_wmat_make(&w, &r, t, n_out, n, 0, 0, random_bytes);
+            float *x = random_x(&r, n * n_tok);
+            if (n >= 64 && i % 4 == 2) memset(x + 32, 0, 32 * sizeof *x); /* a block of zeros */
+            struct kact_rows act;
+            const size_t rb = kact_layout(fmt, n, &act);
+            uint8_t *rows = aligned_alloc(64, TP_ALIGN_UP(rb * n_tok + 64, 64));
+            float *want = NULL, *got = malloc((size_t)(n_out * 16 * n_tok) * sizeof *got);
+            for (int l = 0; l < n_lv; l++) {
+                if (fmt == KACT_F32) {
+                    act.base = (const uint8_t *)x;
+                    act.stride = (size_t)n * sizeof(float);
+                } else {
+                    act.base = rows;
+                    act.stride = rb;
+                    kact_quant_fn quant = lv[l] >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;
+                    for (int tk = 0; tk < n_tok; tk++) quant(fmt, x + tk * n, n, rows + (size_t)tk * rb, &act);
+                }
+                const kdot_fn dot = kdot_for(lv[l], t);
+                size_t m = 0;
+                for (int64_t o = 0; o < n_out; o++)
+                    for (int nt = 1; nt <= KDOT_NT; nt++)
+                        for (int t0 = 0; t0 + nt <= n_tok; t0++) {
+                            dot((const uint8_t *)w.m.data + (size_t)o * w.m.row_stride, n, &act, t0, nt, got + m);
+                            m += (size_t)nt;
+                        }
+                if (l == 0) {
+                    want = got;
+                    got = malloc((size_t)(n_out * 16 * n_tok) * sizeof *got);
+                    continue;
+                }
+                if (!memcmp(got, want, m * sizeof *got)) continue;
+                size_t j = 0;
+                for (int64_t o = 0; o < n_out; o++)
+                    for (int nt = 1; nt <= KDOT_NT; nt++)
+                        for (int t0 = 0; t0 + nt <= n_tok; t0++)
+                            for (int q = 0; q < nt; q++, j++)
+                                cr_assert(!memcmp(&got[j], &want[j], sizeof *got),
+                                          "%s, n %lld (%s), row %lld, tile of %d from token %d, token %d: %s %.9g "
+                                          "(0x%08x) vs scalar %.9g (0x%08x)",
+                                          dtype_name(t), (long long)n, random_bytes ? "random blocks" : "gaussians",
+                                          (long long)o, nt, t0, t0 + q, cpu_simd_name(lv[l]), got[j],
+                                          f32_bits(got[j]), want[j], f32_bits(want[j]));
+                cr_assert_fail("%s: %s differs from scalar", dtype_name(t), cpu_simd_name(lv[l]));
+            }
+            free(want), free(got), free(rows), free(x);
+            tu_wmat_free(&w);
+        }
+    }
+}
+
+/* cpu_matmul's batched path (token tiles of up to KDOT_NT, 1 and 2 threads) at every level:
+ * n_tok 1..9 tokens, the outputs of every level equal the scalar level's bit for bit. */
+Test(matmul, every_simd_level_gives_the_same_bits_through_cpu_matmul) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    tp_err e = {0};
+    struct tpool *pool = NULL;
+    cr_assert_eq(tpool_create(&pool, 2, &e), 0, "tpool_create: %s", e.msg);
+    enum ksimd lv[3];
+    const int n_lv = levels_available(lv);
+    const int64_t n_out = 29;
+    for (size_t k = 0; k < TP_ARRAY_LEN(wtypes); k++) {
+        const enum dtype t = wtypes[k];
+        for (int i = 0; i < 4; i++) {
+            const int64_t n_in = level_test_n(&r, t, i == 3 ? 100 : 3 * i + 4);
+            const bool random_bytes = i & 1;
+            struct tu_wmat w;
+            tu_wmat_make(&w, &r, t, n_out, n_in, 0, 0, random_bytes);
+            for (int64_t n_tok = 1; n_tok <= 9; n_tok++) {
+                float *x = random_x(&r, n_tok * n_in);
+                const size_t ybytes = (size_t)(n_tok * n_out) * sizeof(float);
+                float *want = malloc(ybytes), *got = malloc(ybytes);
+                for (int l = 0; l < n_lv; l++) {
+                    struct tback b;
+                    tback_init(&b, lv[l], l % 2 ? pool : NULL, l % 2 ? 2 : 1, scratch_for(9, n_in));
+                    cpu_matmul(&b.kb, l ? got : want, &w.m, x, n_tok);
+                    tback_free(&b);
+                    if (!l || !memcmp(got, want, ybytes)) continue;
+                    for (int64_t q = 0; q < n_tok * n_out; q++)
+                        cr_assert(!memcmp(&got[q], &want[q], sizeof *got),
+                                  "%s, n_in %lld (%s), n_tok %lld: y[%lld][%lld] %s %.9g (0x%08x) vs scalar %.9g "
+                                  "(0x%08x)",
+                                  dtype_name(t), (long long)n_in, random_bytes ? "random blocks" : "gaussians",
+                                  (long long)n_tok, (long long)(q / n_out), (long long)(q % n_out),
+                                  cpu_simd_name(lv[l]), got[q], f32_bits(got[q]), want[q], f32_bits(want[q]));
+                }
+                free(want), free(got), free(x);
+            }
+            tu_wmat_free(&w);
+        }
     }
     tpool_free(pool);
 }

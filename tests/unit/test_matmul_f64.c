@@ -1,6 +1,8 @@
 /* test_matmul_f64.c - the row-parallel matmul: agrees with matmul, and its partial sums
  * over column slices (tensor-parallel shards) add up to the full result, for every type
- * and SIMD level; its fused granule kernels equal the per-granule kernel loop bit for bit. */
+ * and SIMD level; its fused granule kernels equal the per-granule kernel loop bit for bit;
+ * every SIMD level this CPU runs gives the same doubles (memcmp), and the scalar kernels'
+ * per-granule loop equals the AVX2 fused kernels. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -214,4 +216,120 @@ Test(matmul_f64, fused_granule_kernels_equal_the_per_granule_loop_bit_for_bit) {
         }
     }
     if (cpu_simd_detect() >= KSIMD_AVX2) cr_assert_geq(n_fused, 6, "fused kernels expected for the AVX2 level");
+}
+
+/* cpu_matmul_f64 at every SIMD level this CPU runs, batched (n_tok 1..9) and in granules
+ * (a block pair, a head, an FFN chunk, an odd multiple of the unit; rows with a shorter last
+ * granule and odd block counts): every level's doubles equal the scalar level's bit for
+ * bit. */
+Test(matmul_f64, every_simd_level_gives_the_same_bits) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    const int n_lv = (int)cpu_simd_detect() + 1;
+    const int64_t n_out = 23, max_in = 4096;
+    struct kbackend *b[3] = {NULL};
+    for (int l = 0; l < n_lv; l++) {
+        struct kbackend_opts o = {.n_threads = 1 + l % 2, .max_tokens = 9, .max_in = max_in, .max_ctx = 16,
+                                  .max_heads = 1, .simd = l};
+        tp_err e = {0};
+        cr_assert_eq(kbackend_cpu_create(&b[l], &o, &e), 0, "%s", e.msg);
+    }
+    double *want = malloc((size_t)(9 * n_out) * sizeof(double)), *got = malloc((size_t)(9 * n_out) * sizeof(double));
+    float *x = malloc((size_t)(9 * max_in) * sizeof(float));
+    for (size_t ti = 0; ti < TP_ARRAY_LEN(types); ti++) {
+        const enum dtype t = types[ti];
+        const int64_t blk = dtype_block(t), unit = kdot_gran_unit(t);
+        static const int64_t nblocks[] = {1, 3, 8, 13};
+        static const int64_t nfloat[] = {1, 77, 256, 1031};
+        for (int i = 0; i < 4; i++) {
+            const int64_t n_in = blk == 1 ? nfloat[i] : blk * (blk == 256 ? nblocks[i] : 9 * nblocks[i]);
+            const int64_t granules[] = {unit, 64 / unit * unit, 256 / unit * unit, 3 * unit};
+            const int64_t granule = TP_MAX(unit, granules[(i + (int)ti) % 4]);
+            const size_t rb = dtype_row_bytes(t, n_in);
+            uint8_t *w = malloc(rb * (size_t)n_out);
+            float *wf = malloc((size_t)n_in * sizeof(float));
+            for (int64_t o = 0; o < n_out; o++) {
+                tu_fill_uniform(&r, wf, (size_t)n_in, -1.0f, 1.0f);
+                quant_quantize_row(t, wf, w + (size_t)o * rb, n_in);
+            }
+            struct kmat m = {.data = w, .type = t, .n_out = n_out, .n_in = n_in, .row_stride = rb};
+            for (int64_t n_tok = 1; n_tok <= 9; n_tok++) {
+                tu_fill_uniform(&r, x, (size_t)(n_tok * n_in), -2.0f, 2.0f);
+                const size_t ybytes = (size_t)(n_tok * n_out) * sizeof(double);
+                for (int l = 0; l < n_lv; l++) {
+                    b[l]->ops->matmul_f64(b[l], l ? got : want, &m, x, n_tok, granule);
+                    if (!l || !memcmp(got, want, ybytes)) continue;
+                    for (int64_t q = 0; q < n_tok * n_out; q++)
+                        cr_assert(!memcmp(&got[q], &want[q], sizeof *got),
+                                  "%s, n_in %lld, granule %lld, n_tok %lld: y[%lld][%lld] at simd %d %.17g vs scalar "
+                                  "%.17g",
+                                  dtype_name(t), (long long)n_in, (long long)granule, (long long)n_tok,
+                                  (long long)(q / n_out), (long long)(q % n_out), l, got[q], want[q]);
+                }
+            }
+            free(w), free(wf);
+        }
+    }
+    free(want), free(got), free(x);
+    for (int l = 0; l < n_lv; l++) kbackend_free(b[l]);
+}
+
+/* The scalar kernels called per granule (the scalar level's path) equal the AVX2 fused
+ * granule kernels bit for bit, on the same activation rows. */
+Test(matmul_f64, the_scalar_per_granule_loop_equals_the_avx2_fused_kernels) {
+    if (cpu_simd_detect() < KSIMD_AVX2) cr_skip_test("no AVX2 on this CPU");
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    static const int64_t blocks[] = {1, 2, 3, 5, 8, 9, 17, 33};
+    static const int64_t gran[] = {64, 128, 256};
+    int n_fused = 0;
+    for (size_t ti = 0; ti < TP_ARRAY_LEN(types); ti++) {
+        const enum dtype t = types[ti];
+        const kdot_gran_fn fused = kdot_gran_avx2(t);
+        if (!fused) continue;
+        n_fused++;
+        const int64_t blk = dtype_block(t), unit = kdot_gran_unit(t);
+        const enum kact_fmt fmt = kact_fmt_of(t);
+        for (size_t bi = 0; bi < TP_ARRAY_LEN(blocks); bi++) {
+            const int64_t n = blk == 1 ? blocks[bi] * 37 + 5 : blocks[bi] * blk, n_tok = 5;
+            const int64_t granule = TP_MAX(unit, gran[bi % 3] / unit * unit), n_gran = (n + granule - 1) / granule;
+            float *wf = malloc((size_t)n * sizeof(float)), *x = malloc((size_t)(n * n_tok) * sizeof(float));
+            tu_fill_uniform(&r, wf, (size_t)n, -1.0f, 1.0f);
+            tu_fill_uniform(&r, x, (size_t)(n * n_tok), -2.0f, 2.0f);
+            uint8_t *w = malloc(dtype_row_bytes(t, n));
+            quant_quantize_row(t, wf, w, n);
+            struct kact_rows act;
+            const size_t row_bytes = kact_layout(fmt, n, &act);
+            uint8_t *rows = aligned_alloc(64, row_bytes * (size_t)n_tok + 64);
+            if (fmt == KACT_F32) {
+                act.base = (const uint8_t *)x;
+                act.stride = (size_t)n * sizeof(float);
+            } else {
+                act.base = rows;
+                act.stride = row_bytes;
+                for (int64_t k = 0; k < n_tok; k++)
+                    kact_quantize_scalar(fmt, x + k * n, n, rows + (size_t)k * row_bytes, &act);
+            }
+            struct kact_rows *views = malloc((size_t)n_gran * sizeof *views);
+            size_t *w_off = malloc((size_t)n_gran * sizeof *w_off);
+            for (int64_t g = 0; g < n_gran; g++) {
+                views[g] = kact_view(&act, fmt, g * granule);
+                w_off[g] = dtype_row_bytes(t, g * granule);
+            }
+            for (int nt = 1; nt <= KDOT_NT; nt++)
+                for (int64_t t0 = 0; t0 + nt <= n_tok; t0++) {
+                    double want[KDOT_NT] = {0}, got[KDOT_NT] = {0};
+                    kdot_gran_loop(kdot_scalar(t), w, n, granule, views, w_off, t0, nt, want);
+                    fused(w, n, granule, &act, t0, nt, got);
+                    for (int k = 0; k < nt; k++)
+                        cr_assert(!memcmp(&got[k], &want[k], sizeof got[k]),
+                                  "%s, n %lld, granule %lld, tile of %d from %lld, token %lld: AVX2 fused %.17g vs "
+                                  "scalar loop %.17g",
+                                  dtype_name(t), (long long)n, (long long)granule, nt, (long long)t0,
+                                  (long long)(t0 + k), got[k], want[k]);
+                }
+            free(views), free(w_off), free(rows), free(w), free(wf), free(x);
+        }
+    }
+    cr_assert_geq(n_fused, 6, "AVX2 fused granule kernels expected");
 }
