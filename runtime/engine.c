@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum step_cmd { CMD_STEP = 1, CMD_SCORE = 2, CMD_LOGITS = 3, CMD_SHUTDOWN = 4 };
+enum step_cmd { CMD_STEP = 1, CMD_SCORE = 2, CMD_LOGITS = 3, CMD_SHUTDOWN = 4, CMD_PING = 5 };
 
 /* Fixed-size header broadcast first; the payload (sizes from the header) follows. */
 struct step_hdr {
@@ -177,6 +177,8 @@ int64_t engine_block_size(const struct engine *en) { return en->o.block_size; }
 int64_t engine_free_blocks(const struct engine *en) { return en->n_free; }
 int64_t engine_ctx(const struct engine *en) { return en->o.ctx; }
 int64_t engine_max_batch(const struct engine *en) { return en->o.max_batch_tokens; }
+int64_t engine_max_seqs(const struct engine *en) { return en->o.max_seqs; }
+int engine_n_cand(const struct engine *en) { return en->o.n_cand; }
 int engine_rank(const struct engine *en) { return en->rank; }
 
 int engine_seq_reserve(struct engine *en, int seq, int64_t n_tokens, tp_err *e) {
@@ -617,6 +619,26 @@ int engine_logits(struct engine *en, int64_t n_tok, const int32_t *tokens, const
     return coordinate(en, CMD_LOGITS, n_tok, tokens, pos, seq, n_rows, row_idx, NULL, NULL, NULL, NULL, NULL, out, e);
 }
 
+/* Every rank's memory tracker, gathered: the workers answer from their loop. */
+static int ping_gather(struct engine *en, struct memtrack *all, tp_err *e) {
+    struct memtrack mine = {0};
+    if (en->m->be->track) mine = *en->m->be->track;
+    if (en->tp == 1) {
+        all[0] = mine;
+        return 0;
+    }
+    return comm_all_gather(en->comm, &mine, all, sizeof mine, e);
+}
+
+int engine_ping(struct engine *en, struct memtrack *all, tp_err *e) {
+    struct step_hdr h = {.cmd = CMD_PING};
+    int rc = bcast(en, &h, sizeof h, e);
+    if (rc) return rc;
+    return ping_gather(en, all, e);
+}
+
+int engine_tp(const struct engine *en) { return en->tp; }
+
 int engine_shutdown(struct engine *en, tp_err *e) {
     struct step_hdr h = {.cmd = CMD_SHUTDOWN};
     return bcast(en, &h, sizeof h, e);
@@ -628,6 +650,16 @@ int engine_worker_loop(struct engine *en, tp_err *e) {
         int rc = bcast(en, &h, sizeof h, e);
         if (rc) return rc;
         if (h.cmd == CMD_SHUTDOWN) return 0;
+        if (h.cmd == CMD_PING) {
+            struct memtrack *all = malloc((size_t)en->tp * sizeof *all);
+            /* a rank that cannot take part ends its loop; rank 0's gather then times out
+             * and the job ends naming the rank */
+            if (!all) return tp_errf(e, TP_ENOMEM, "rank %d: out of host memory answering a ping", en->rank);
+            rc = ping_gather(en, all, e);
+            free(all);
+            if (rc) return rc;
+            continue;
+        }
         if (h.n_tok < 1 || h.n_tok > en->o.max_batch_tokens || h.n_rows < 0 || h.n_rows > en->rs.max_logits ||
             h.n_seq < 0 || h.n_seq > en->o.max_seqs || h.max_blocks != en->max_blocks_seq || h.n_hist < 0 ||
             payload_bytes(h.n_tok, h.n_seq, h.max_blocks, h.n_rows, h.n_hist) > en->payload_cap)

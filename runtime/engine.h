@@ -49,6 +49,8 @@ int64_t engine_n_blocks(const struct engine *en);
 int64_t engine_block_size(const struct engine *en);
 int64_t engine_ctx(const struct engine *en);
 int64_t engine_max_batch(const struct engine *en);
+int64_t engine_max_seqs(const struct engine *en); /* sequence slots */
+int engine_n_cand(const struct engine *en);       /* sampling candidates per rank (the largest top_k) */
 int engine_rank(const struct engine *en);
 
 /* ---- coordinator side (rank 0) ---- */
@@ -76,6 +78,12 @@ int engine_score(struct engine *en, int64_t n_tok, const int32_t *tokens, const 
 /* Full logits of the listed rows, gathered on rank 0: out[j][n_vocab]. Rank 0 only. */
 int engine_logits(struct engine *en, int64_t n_tok, const int32_t *tokens, const int32_t *pos, const int32_t *seq,
                   int64_t n_rows, const int32_t *row_idx, float *out, tp_err *e);
+
+/* Rank 0: a heartbeat while idle (workers wait in a collective with a timeout) that also
+ * gathers every rank's memory tracker into all[0 .. tp). TP_ECOMM when a rank is gone. */
+struct memtrack;
+int engine_ping(struct engine *en, struct memtrack *all, tp_err *e);
+int engine_tp(const struct engine *en);
 
 /* Rank 0: release the workers from their loop (they return 0). */
 int engine_shutdown(struct engine *en, tp_err *e);

@@ -1,11 +1,12 @@
 /* generate.c - one sequence's generation on the coordinator: prompt chunks, decode loop, stop strings. */
 #include "generate.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "stop.h"
+#include "serve/sched.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -13,106 +14,83 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+struct gen_ctx {
+    gen_emit_fn emit;
+    void *user;
+    struct gen_result *res;
+    int32_t *tokens;
+    int64_t n, cap;
+    bool caller_stop, done;
+    enum sched_finish finish;
+    char err[256];
+    double t_first;
+};
+
+static void gen_text(struct gen_ctx *g, const char *text, size_t len) {
+    if (!len || !g->emit || g->caller_stop) return;
+    if (g->emit(g->user, text, len)) g->caller_stop = true;
+}
+
+static void gen_event(void *user, const struct sched_event *ev) {
+    struct gen_ctx *g = user;
+    if (ev->kind == SCHED_EV_TOKEN) {
+        if (g->n == 0) g->t_first = now_s();
+        if (g->n < g->cap) g->tokens[g->n++] = ev->token;
+        gen_text(g, ev->text, ev->len);
+    } else {
+        gen_text(g, ev->text, ev->len);
+        g->finish = ev->finish;
+        if (ev->error) snprintf(g->err, sizeof g->err, "%s", ev->error);
+        g->done = true;
+    }
+}
+
+/* One request through the scheduler, stepped until it ends: the same code path as
+ * `tpllm serve`, with a single sequence. */
 int gen_run(struct engine *en, const struct tokenizer *tok, const struct gen_request *r, gen_emit_fn emit, void *user,
             struct gen_result *res, tp_err *e) {
     memset(res, 0, sizeof *res);
-    int64_t ctx = engine_ctx(en), chunk = engine_max_batch(en);
+    const int64_t ctx = engine_ctx(en);
+    const int64_t cap = TP_MIN(ctx, engine_n_blocks(en) * engine_block_size(en));
     if (r->n_prompt < 1) return tp_errf(e, TP_EINVAL, "the prompt is empty; give some text (or let BOS be added)");
-    if (r->n_prompt >= ctx)
+    if (r->n_prompt >= cap)
         return tp_errf(e, TP_EINVAL, "the prompt has %lld tokens but the context is %lld; raise --ctx or shorten the prompt",
-                       (long long)r->n_prompt, (long long)ctx);
-    int64_t max_new = r->max_tokens < 0 ? ctx - r->n_prompt : TP_MIN(r->max_tokens, ctx - r->n_prompt);
-    struct sampler smp;
-    int rc = sampler_init(&smp, &r->sp, e);
-    if (rc) return rc;
-    struct stop_matcher *stop = NULL;
-    if ((rc = stop_init(&stop, r->stops, r->n_stops, e))) return rc;
-    int32_t *hist = malloc((size_t)(r->n_prompt + max_new + 1) * sizeof(int32_t));
-    int32_t *pos = malloc((size_t)chunk * sizeof(int32_t));
-    int32_t *seqv = calloc((size_t)chunk, sizeof(int32_t));
-    struct detok dt;
-    detok_init(&dt, tok, false);
-    int seq = -1;
-    if (!hist || !pos || !seqv) {
-        rc = tp_errf(e, TP_ENOMEM, "out of host memory");
-        goto done;
+                       (long long)r->n_prompt, (long long)cap);
+    int64_t max_new = r->max_tokens < 0 ? cap - r->n_prompt : TP_MIN(r->max_tokens, cap - r->n_prompt);
+    if (max_new < 1) return 0; /* -n 0: nothing to generate */
+    struct gen_ctx g = {.emit = emit, .user = user, .res = res, .cap = max_new};
+    g.tokens = malloc((size_t)max_new * sizeof(int32_t));
+    if (!g.tokens) return tp_errf(e, TP_ENOMEM, "out of host memory for %lld token ids", (long long)max_new);
+    struct sched *s = NULL;
+    int rc = sched_create(&s, en, tok, 1, e);
+    struct sched_req q = {.prompt = r->prompt, .n_prompt = r->n_prompt, .max_tokens = max_new, .sp = r->sp,
+                          .stops = r->stops, .n_stops = r->n_stops, .ignore_eos = r->ignore_eos};
+    int64_t id = 0;
+    if (!rc) {
+        id = sched_submit(s, &q, gen_event, &g, e);
+        if (id < 0) rc = (int)id;
     }
-    memcpy(hist, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
-    seq = engine_seq_open(en, r->n_prompt + 1, e);
-    if (seq < 0) {
-        rc = seq;
-        goto done;
+    const double t0 = now_s();
+    bool cancelled = false;
+    while (!rc && !g.done) {
+        if (g.caller_stop && !cancelled) {
+            sched_cancel(s, (uint64_t)id);
+            cancelled = true;
+        }
+        rc = sched_step(s, e);
     }
-    for (int64_t i = 0; i < chunk; i++) seqv[i] = seq;
-    struct engine_row row = {.seq = seq, .params = &smp.p, .smp = &smp, .history = hist};
+    const double t1 = now_s();
+    sched_free(s);
+    if (!rc && g.finish == SCHED_FINISH_ERROR) rc = tp_errf(e, TP_EIO, "%s", g.err);
     res->n_prompt = r->n_prompt;
-    double t0 = now_s();
-    int32_t next = -1;
-    /* prompt: chunks of up to `chunk` tokens; the last chunk samples the first token */
-    for (int64_t s = 0; s < r->n_prompt; s += chunk) {
-        int64_t n = TP_MIN(chunk, r->n_prompt - s);
-        for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)(s + i);
-        bool last = s + n == r->n_prompt;
-        int32_t row_idx = (int32_t)(n - 1);
-        row.n_history = s + n;
-        if (last) rc = engine_step(en, n, r->prompt + s, pos, seqv, 1, &row_idx, &row, &next, NULL, e);
-        else rc = engine_step(en, n, r->prompt + s, pos, seqv, 0, NULL, NULL, NULL, NULL, e);
-        if (rc) goto done;
+    res->n_gen = g.n;
+    res->t_prompt = (g.n ? g.t_first : t1) - t0;
+    res->t_gen = g.n ? t1 - g.t_first : 0;
+    res->finish = g.caller_stop ? GEN_FINISH_CALLER : (enum gen_finish)g.finish;
+    if (rc) {
+        free(g.tokens);
+        return rc;
     }
-    res->t_prompt = now_s() - t0;
-    t0 = now_s();
-    int64_t n_hist = r->n_prompt;
-    res->finish = GEN_FINISH_LENGTH;
-    for (int64_t g = 0; g < max_new; g++) {
-        hist[n_hist++] = next;
-        res->n_gen++;
-        if (!r->ignore_eos && tokenizer_is_eog(tok, next)) {
-            res->finish = GEN_FINISH_EOG;
-            break;
-        }
-        /* detokenize to valid UTF-8 first (split characters held, invalid bytes -> U+FFFD), then stops */
-        const char *text;
-        size_t len;
-        struct stop_out so;
-        if ((rc = detok_push(&dt, next, &text, &len, e))) goto done;
-        if ((rc = stop_feed(stop, text, len, &so, e))) goto done;
-        if (so.len && emit && emit(user, so.text, so.len)) {
-            res->finish = GEN_FINISH_CALLER;
-            break;
-        }
-        if (so.stopped) {
-            res->finish = GEN_FINISH_STOP;
-            break;
-        }
-        if (g + 1 == max_new) break;
-        if ((rc = engine_seq_reserve(en, seq, n_hist + 1, e))) goto done;
-        int32_t p = (int32_t)(n_hist - 1), row_idx = 0;
-        row.n_history = n_hist;
-        if ((rc = engine_step(en, 1, &next, &p, seqv, 1, &row_idx, &row, &next, NULL, e))) goto done;
-    }
-    if (res->finish != GEN_FINISH_STOP && res->finish != GEN_FINISH_CALLER) {
-        struct stop_out so;
-        const char *text;
-        size_t len;
-        if ((rc = detok_flush(&dt, &text, &len, e))) goto done;
-        if ((rc = stop_feed(stop, text, len, &so, e))) goto done;
-        if (so.len && emit) emit(user, so.text, so.len);
-        stop_flush(stop, &so);
-        if (so.len && emit) emit(user, so.text, so.len);
-    }
-    res->t_gen = now_s() - t0;
-    res->tokens = malloc((size_t)TP_MAX(res->n_gen, (int64_t)1) * sizeof(int32_t));
-    if (!res->tokens) {
-        rc = tp_errf(e, TP_ENOMEM, "out of host memory for the %lld generated token ids", (long long)res->n_gen);
-        goto done;
-    }
-    memcpy(res->tokens, hist + r->n_prompt, (size_t)res->n_gen * sizeof(int32_t));
-done:
-    if (seq >= 0) engine_seq_close(en, seq);
-    stop_free(stop);
-    free(hist);
-    free(pos);
-    free(seqv);
-    detok_free(&dt);
-    return rc;
+    res->tokens = g.tokens;
+    return 0;
 }

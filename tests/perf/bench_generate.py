@@ -4,7 +4,12 @@ same threads, same run; and tpllm's tensor parallelism (mpirun -np 2, 1 thread p
 beside one rank with 2 threads. Prints a Markdown table for docs/benchmarks.md.
 
 Usage (from the repository root, after `make build golden-deps`):
-    .pydeps/bin/python tests/perf/bench_generate.py [--threads 2] [--types q4_0 q8_0]
+    .pydeps/bin/python tests/perf/bench_generate.py [--threads 2] [--types q4_0 q8_0] [--simd auto avx2 avx512]
+
+--simd runs tpllm (tp=1) at each listed SIMD level side by side (every level gives the same
+bits; they differ in speed), so that `auto` can be checked to be the fastest. The runs of all
+configurations are interleaved (repeat r of every configuration before repeat r + 1), and
+each cell gives the median with the range over the repeats.
 """
 import argparse, os, re, subprocess, sys, time
 
@@ -14,10 +19,10 @@ SHAPE = ["--arch", "llama", "--dim", "2048", "--layers", "16", "--heads", "32", 
 PROMPT_WORDS = ("the river runs past the old mill and the miller counts the sacks of grain " * 40).split()
 
 
-def tpllm_run(tpllm, model, np, threads, n_prompt_words, n_gen):
+def tpllm_run(tpllm, model, np, threads, n_prompt_words, n_gen, simd="auto"):
     prompt = " ".join(PROMPT_WORDS[:n_prompt_words])
     cmd = [os.path.join(ROOT, "tests/mpi/mpirun.sh"), "-np", str(np), tpllm, "generate", "-m", model, "-p", prompt,
-           "-n", str(n_gen), "--temp", "0", "--ignore-eos", "--threads", str(threads), "--quiet"]
+           "-n", str(n_gen), "--temp", "0", "--ignore-eos", "--threads", str(threads), "--quiet", "--simd", simd]
     err = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
     m = re.search(r"prompt: (\d+) tokens in ([\d.]+) s .*generation: (\d+) tokens in ([\d.]+) s", err)
     coll = re.search(r"collectives on rank 0: ([\d.]+) s in (\d+) calls, ([\d.]+) ms per step", err)
@@ -48,27 +53,49 @@ def main():
     ap.add_argument("--prompt-words", type=int, default=200)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--workdir", default="/tmp/tpllm-bench")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per configuration; the best is reported")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per configuration (median and range reported)")
+    ap.add_argument("--simd", nargs="*", default=["auto"], help="tpllm SIMD levels to run at tp=1")
+    ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp (llama-cpp-python not installed)")
+    ap.add_argument("--no-tp", action="store_true", help="skip the tp=2 row")
     a = ap.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs; threads {a.threads}; prompt {a.prompt_words} words, {a.gen} generated tokens")
+    flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
+    isa = "AVX-512 (F/BW/VL/VNNI)" if all(f" {x} " in flags for x in ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")) \
+        else "AVX2" if " avx2 " in flags else "no AVX2"
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs, {isa}; threads {a.threads}; prompt {a.prompt_words} words, "
+          f"{a.gen} generated tokens; {a.repeat} interleaved runs per row: median [min-max]")
     print()
     print("| model | engine | prompt tok/s | decode tok/s | collectives ms/step |")
     print("| --- | --- | ---: | ---: | ---: |")
+    cell = lambda v: f"{sorted(v)[len(v) // 2]:.1f} [{min(v):.1f}-{max(v):.1f}]"
+    med = lambda v: sorted(v)[len(v) // 2]
     for t in a.types:
         model = os.path.join(a.workdir, f"llama1b-{t}.gguf")
         if not os.path.exists(model):
             subprocess.run([a.tpllm, "synth", *SHAPE, "--type", t, "-o", model], check=True, capture_output=True)
-        best = lambda f: max((f() for _ in range(a.repeat)), key=lambda r: r["tg"])
-        ref = best(lambda: llama_run(model, a.threads, a.prompt_words, a.gen))
-        one = best(lambda: tpllm_run(a.tpllm, model, 1, a.threads, a.prompt_words, a.gen))
-        two = best(lambda: tpllm_run(a.tpllm, model, 2, max(1, a.threads // 2), a.prompt_words, a.gen))
-        print(f"| 1B llama {t.upper()} | llama.cpp ({a.threads} threads) | {ref['pp']:.1f} | {ref['tg']:.2f} | |")
-        print(f"| 1B llama {t.upper()} | tpllm tp=1 ({a.threads} threads) | {one['pp']:.1f} ({one['pp']/ref['pp']:.2f}x) | "
-              f"{one['tg']:.2f} ({one['tg']/ref['tg']:.2f}x) | |")
-        print(f"| 1B llama {t.upper()} | tpllm tp=2 (1 thread per rank) | {two['pp']:.1f} ({two['pp']/one['pp']:.2f}x tp=1) | "
-              f"{two['tg']:.2f} ({two['tg']/one['tg']:.2f}x tp=1) | {two['coll_ms']:.2f} |")
+        configs = []
+        if not a.no_llama:
+            configs.append((f"llama.cpp ({a.threads} threads)", lambda: llama_run(model, a.threads, a.prompt_words, a.gen)))
+        for lv in a.simd:
+            configs.append((f"tpllm tp=1 --simd {lv} ({a.threads} threads)",
+                            lambda lv=lv: tpllm_run(a.tpllm, model, 1, a.threads, a.prompt_words, a.gen, lv)))
+        if not a.no_tp:
+            configs.append(("tpllm tp=2 (1 thread per rank)",
+                            lambda: tpllm_run(a.tpllm, model, 2, max(1, a.threads // 2), a.prompt_words, a.gen)))
+        res = {name: [] for name, _ in configs}
+        for _ in range(a.repeat):
+            for name, f in configs:
+                res[name].append(f())
+        base = res[configs[0][0]]
+        bpp, btg = med([r["pp"] for r in base]), med([r["tg"] for r in base])
+        for i, (name, _) in enumerate(configs):
+            pp, tg = [r["pp"] for r in res[name]], [r["tg"] for r in res[name]]
+            rel = "" if i == 0 else f" ({med(pp) / bpp:.2f}x)"
+            relt = "" if i == 0 else f" ({med(tg) / btg:.2f}x)"
+            coll = f"{med([r.get('coll_ms', 0.0) for r in res[name]]):.2f}" if "tp=2" in name else ""
+            print(f"| 1B llama {t.upper()} | {name} | {cell(pp)}{rel} | {cell(tg)}{relt} | {coll} |")
+        print(f"(ratios against the first row: {configs[0][0]})")
         sys.stdout.flush()
 
 
