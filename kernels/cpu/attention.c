@@ -17,24 +17,35 @@
  * logits agree with it closely: q is rounded to f16 before q.K (ggml converts the f32
  * operand of an f16 matmul to f16), and the normalised probabilities are rounded to f16
  * before they weight V (same reason). A span longer than one chunk keeps f32
- * probabilities (online softmax cannot normalise before the last chunk). */
+ * probabilities (online softmax cannot normalise before the last chunk).
+ *
+ * Ordering (see vec.h): the scalar level (opts.simd = 0) gives the same bits as AVX2, and
+ * no result depends on the thread count (a (token, head) is computed on one thread; the
+ * grouped AVX2 kernel that takes several heads per work item repeats the one-head
+ * arithmetic exactly). Per (token, head):
+ *   q.k       16 lanes (lanes 0-7 take elements 16i + l, lanes 8-15 take 16i + 8 + l) with
+ *             fmaf over the first n - n % 16 elements, then one more block of 8 into lanes
+ *             0-7 when n % 16 >= 8; lanes l and l + 8 added, cpu_hsum8; the last n % 8
+ *             products fused into the sum in order (fmaf).
+ *   o += w v  fmaf per element; positions in order.
+ *   softmax   f16 cache, span within one chunk: m = max of the scores, e = libm expf(s - m)
+ *             summed in double in position order; w = f16(e * (float)(1 / sum)).
+ *             Otherwise (f32 cache, or chunks): per chunk, e = cpu_exp1(s - m) for the
+ *             chunk's first cn - cn % 8 scores summed in 8 float lanes (cpu_hsum8), then
+ *             libm expf for the last cn % 8, added in order; earlier chunks rescaled by
+ *             expf(m_old - m_new); the output scaled by 1 / l at the end.
+ *   f16       cpu_f32_to_f16 / cpu_f16_to_f32 (= F16C on every input) for the cache, the
+ *             rounded q and the rounded probabilities. */
 #include "vec.h"
 
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
-#include "../quant.h"
+static inline float h2f(uint16_t h) { return cpu_f16_to_f32(h); }
 
-static inline float h2f(uint16_t h) {
-#if defined(__aarch64__)
-    __fp16 f;
-    memcpy(&f, &h, sizeof f);
-    return (float)f;
-#else
-    return fp16_to_f32(h);
-#endif
-}
+/* x rounded to f16 and back. */
+static inline float f16_round1(float x) { return cpu_f16_to_f32(cpu_f32_to_f16(x)); }
 
 /* ---- kv_store ---- */
 
@@ -52,7 +63,7 @@ static CPU_AVX2 void f32_to_f16_avx2(uint16_t *dst, const float *src, int64_t n)
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; i++) dst[i] = f32_to_fp16(src[i]);
+    for (; i < n; i++) dst[i] = cpu_f32_to_f16(src[i]);
 }
 #endif
 
@@ -63,7 +74,7 @@ static void f32_to_f16_row(uint16_t *dst, const float *src, int64_t n, bool avx2
         return;
     }
 #endif
-    for (int64_t i = 0; i < n; i++) dst[i] = f32_to_fp16(src[i]);
+    for (int64_t i = 0; i < n; i++) dst[i] = cpu_f32_to_f16(src[i]);
 }
 
 static void kvs_rows(void *vctx, int64_t lo, int64_t hi) {
@@ -116,27 +127,32 @@ static inline int64_t att_kv_off(const struct kv_layer *kv, const int32_t *bt, i
     return (slot * kv->n_kv + g) * kv->head_dim;
 }
 
-/* Scalar kernels: q.k and o += w v over one row of the cache. */
+/* Scalar kernels: q.k and o += w v over one row of the cache, in dot_avx2's and
+ * axpy_avx2's order (see the top comment). */
+static inline float kv_elem(const void *k, enum dtype t, int64_t i) {
+    return t == DTYPE_F16 ? h2f(((const uint16_t *)k)[i]) : ((const float *)k)[i];
+}
+
 static float dot_scalar(const float *q, const void *k, enum dtype t, int64_t n) {
-    float s = 0.0f;
-    if (t == DTYPE_F16) {
-        const uint16_t *kh = k;
-        for (int64_t i = 0; i < n; i++) s += q[i] * h2f(kh[i]);
-    } else {
-        const float *kf = k;
-        for (int64_t i = 0; i < n; i++) s += q[i] * kf[i];
+    float a0[8] = {0}, a1[8] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 8; l++) {
+            a0[l] = fmaf(q[i + l], kv_elem(k, t, i + l), a0[l]);
+            a1[l] = fmaf(q[i + 8 + l], kv_elem(k, t, i + 8 + l), a1[l]);
+        }
+    if (i + 8 <= n) {
+        for (int l = 0; l < 8; l++) a0[l] = fmaf(q[i + l], kv_elem(k, t, i + l), a0[l]);
+        i += 8;
     }
+    for (int l = 0; l < 8; l++) a0[l] += a1[l];
+    float s = cpu_hsum8(a0);
+    for (; i < n; i++) s = fmaf(q[i], kv_elem(k, t, i), s);
     return s;
 }
 
 static void axpy_scalar(float *o, float w, const void *v, enum dtype t, int64_t n) {
-    if (t == DTYPE_F16) {
-        const uint16_t *vh = v;
-        for (int64_t i = 0; i < n; i++) o[i] += w * h2f(vh[i]);
-    } else {
-        const float *vf = v;
-        for (int64_t i = 0; i < n; i++) o[i] += w * vf[i];
-    }
+    for (int64_t i = 0; i < n; i++) o[i] = fmaf(w, kv_elem(v, t, i), o[i]);
 }
 
 #if CPU_HAVE_X86
@@ -154,7 +170,7 @@ static CPU_AVX2 float dot_avx2(const float *q, const void *k, enum dtype t, int6
         for (; i + 8 <= n; i += 8)
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i))), a0);
         s = cpu_hsum256(_mm256_add_ps(a0, a1));
-        for (; i < n; i++) s += q[i] * h2f(kh[i]);
+        for (; i < n; i++) s = fmaf(q[i], h2f(kh[i]), s);
     } else {
         const float *kf = k;
         for (; i + 16 <= n; i += 16) {
@@ -163,7 +179,7 @@ static CPU_AVX2 float dot_avx2(const float *q, const void *k, enum dtype t, int6
         }
         for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kf + i), a0);
         s = cpu_hsum256(_mm256_add_ps(a0, a1));
-        for (; i < n; i++) s += q[i] * kf[i];
+        for (; i < n; i++) s = fmaf(q[i], kf[i], s);
     }
     return s;
 }
@@ -177,16 +193,17 @@ static CPU_AVX2 void axpy_avx2(float *o, float w, const void *v, enum dtype t, i
             __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + i)));
             _mm256_storeu_ps(o + i, _mm256_fmadd_ps(vw, x, _mm256_loadu_ps(o + i)));
         }
-        for (; i < n; i++) o[i] += w * h2f(vh[i]);
+        for (; i < n; i++) o[i] = fmaf(w, h2f(vh[i]), o[i]);
     } else {
         const float *vf = v;
         for (; i + 8 <= n; i += 8)
             _mm256_storeu_ps(o + i, _mm256_fmadd_ps(vw, _mm256_loadu_ps(vf + i), _mm256_loadu_ps(o + i)));
-        for (; i < n; i++) o[i] += w * vf[i];
+        for (; i < n; i++) o[i] = fmaf(w, vf[i], o[i]);
     }
 }
 
-/* s[j] = e^(s[j] - m) for j < n; returns their sum. */
+/* s[j] = e^(s[j] - m) for j < n; returns their sum (cpu_exp256 over blocks of 8, summed in
+ * 8 lanes, then libm's expf for the last n % 8, added in order). */
 static CPU_AVX2 float exp_shift_avx2(float *s, int64_t n, float m) {
     const __m256 vm = _mm256_set1_ps(m);
     __m256 acc = _mm256_setzero_ps();
@@ -205,9 +222,18 @@ static CPU_AVX2 float exp_shift_avx2(float *s, int64_t n, float m) {
 }
 #endif
 
+/* exp_shift_avx2 in portable C: the same lanes, exp and sums. */
 static float exp_shift_scalar(float *s, int64_t n, float m) {
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; j++) {
+    float acc[8] = {0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) {
+            const float e = cpu_exp1(s[j + l] - m);
+            s[j + l] = e;
+            acc[l] += e;
+        }
+    float sum = cpu_hsum8(acc);
+    for (; j < n; j++) {
         s[j] = expf(s[j] - m);
         sum += s[j];
     }
@@ -242,7 +268,7 @@ static void att_one_f16(const struct att_ctx *c, const float *qh, float *oh, con
     }
     const float inv = (float)(1.0 / l);
     for (int64_t j = 0; j < cn; j++) {
-        const float w = h2f(f32_to_fp16(sc[j] * inv));
+        const float w = f16_round1(sc[j] * inv);
         if (w == 0.0f) continue;
         const void *vp = vbase + (size_t)att_kv_off(kv, table, lo + j, g) * 2;
 #if CPU_HAVE_X86
@@ -272,7 +298,7 @@ static void att_one(const struct att_ctx *c, int64_t item, float *sc) {
     float qr[ATT_MAX_HD];
     const bool f16 = kv->type == DTYPE_F16 && hd <= ATT_MAX_HD;
     if (f16) {
-        for (int64_t i = 0; i < hd; i++) qr[i] = h2f(f32_to_fp16(qh[i]));
+        for (int64_t i = 0; i < hd; i++) qr[i] = f16_round1(qh[i]);
         qh = qr;
         if (hi - lo + 1 <= c->chunk) {
             att_one_f16(c, qh, oh, table, lo, hi, g, sc);
@@ -336,8 +362,8 @@ static inline CPU_AVX2 __m128 att_hsum4(const __m256 *v) {
     return _mm256_castps256_ps128(_mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)));
 }
 
-/* x rounded to f16 and back (F16C rounds to nearest even, as f32_to_fp16: checked by
- * test_cpu_ops over the whole f16 range). */
+/* x rounded to f16 and back, f16_round1 in 8 lanes (cpu_f32_to_f16 and cpu_f16_to_f32
+ * equal F16C on every input: test_cpu_ops checks it). */
 static inline CPU_AVX2 __m256 att_f16_round8(__m256 x) {
     return _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
@@ -445,7 +471,7 @@ att_heads_f16_body(const struct att_ctx *c, int64_t t, int64_t h0, int H, const 
         const __m256 vinv = _mm256_set1_ps(inv);
         int64_t j = 0;
         for (; j + 8 <= cn; j += 8) _mm256_storeu_ps(ss + j, att_f16_round8(_mm256_mul_ps(_mm256_loadu_ps(ss + j), vinv)));
-        for (; j < cn; j++) ss[j] = h2f(f32_to_fp16(ss[j] * inv));
+        for (; j < cn; j++) ss[j] = f16_round1(ss[j] * inv);
     }
     /* V, unit by unit and 16 values of the head at a time: o[h][i..] = sum over positions in
      * order of w[h][j] v[j][i..], in registers across the positions (the same fused

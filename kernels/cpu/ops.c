@@ -10,7 +10,19 @@
  *             per pair, all in float, so that large positions agree with llama.cpp.
  *   silu      g / (1 + e^-g) * u
  *   gelu_tanh 0.5 g (1 + tanh(y)) * u = g / (1 + e^(-2y)) * u, y = sqrt(2/pi)(g + 0.044715 g^3)
- *             (the sigmoid form is the same function without the cancellation of 1 + tanh). */
+ *             (the sigmoid form is the same function without the cancellation of 1 + tanh).
+ *
+ * Ordering (see vec.h): the scalar level (opts.simd = 0) gives the same bits as AVX2, and
+ * no result depends on the thread count:
+ *   rmsnorm   one row per thread; x^2 summed in double (products exact) in 8 lanes, lane l
+ *             taking the elements 8i + l of the row's first n - n % 8, the lanes combined as
+ *             (s0 + s4, s1 + s5, s2 + s6, s3 + s7) and then by cpu_hsum4d, then the last
+ *             n % 8 squares added in order; y = (x * scale) * (w + w_offset) per element.
+ *   rope      scalar only (libm cosf/sinf), one token per thread.
+ *   silu      per element g / (1 + cpu_exp1(-g)) * u (AVX2: cpu_exp256, the same bits), so
+ *             where a thread's piece of the range starts or ends does not matter.
+ *   gelu_tanh per element gelu_ggml (f16 rounding, libm tanhf) on both levels.
+ *   add, scale, add_bias: one IEEE operation per element. */
 #include "vec.h"
 
 #include "../quant.h"
@@ -27,9 +39,21 @@ struct rms_ctx {
     bool avx2;
 };
 
+/* The sum of x^2 over a row in rms_row_avx2's order (the squares of floats are exact in
+ * double, so fusing or not does not matter). */
+static double rms_sumsq_scalar(const float *x, int64_t n) {
+    double a[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += (double)x[i + l] * (double)x[i + l];
+    const double h[4] = {a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]};
+    double ss = cpu_hsum4d(h);
+    for (; i < n; i++) ss += (double)x[i] * (double)x[i];
+    return ss;
+}
+
 static void rms_row_scalar(float *y, const float *x, const float *w, float off, int64_t n, float eps) {
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+    const double ss = rms_sumsq_scalar(x, n);
     float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
     if (w) {
         for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * (w[i] + off);
@@ -211,40 +235,37 @@ static inline float gelu_ggml(float x) {
     return fp16_to_f32(f32_to_fp16(y));
 }
 
+/* SiLU of one element; silu_avx2 below is the same in 8 lanes. */
+static inline float silu1(float g, float u) { return g / (1.0f + cpu_exp1(-g)) * u; }
+
 static void act_scalar(float *out, const float *g, const float *u, int64_t lo, int64_t hi, enum act_kind act) {
     if (act == ACT_GELU_TANH) {
         for (int64_t i = lo; i < hi; i++) out[i] = gelu_ggml(g[i]) * u[i];
     } else {
-        for (int64_t i = lo; i < hi; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        for (int64_t i = lo; i < hi; i++) out[i] = silu1(g[i], u[i]);
     }
 }
 
 #if CPU_HAVE_X86
-static CPU_AVX2 void act_avx2(float *out, const float *g, const float *u, int64_t lo, int64_t hi,
-                              enum act_kind act) {
-    const __m256 one = _mm256_set1_ps(1.0f);
+/* SiLU over [lo, hi): 8 lanes at a time, silu1 for the rest. */
+static CPU_AVX2 void silu_avx2(float *out, const float *g, const float *u, int64_t lo, int64_t hi) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
     int64_t i = lo;
-    if (act == ACT_GELU_TANH) {
-        act_scalar(out, g, u, lo, hi, act); /* f16-rounded GELU: scalar (llama.cpp uses a table) */
-        return;
-    } else {
-        const __m256 neg = _mm256_set1_ps(-0.0f);
-        for (; i + 8 <= hi; i += 8) {
-            __m256 vg = _mm256_loadu_ps(g + i);
-            __m256 e = cpu_exp256(_mm256_xor_ps(vg, neg));
-            __m256 r = _mm256_div_ps(vg, _mm256_add_ps(one, e));
-            _mm256_storeu_ps(out + i, _mm256_mul_ps(r, _mm256_loadu_ps(u + i)));
-        }
+    for (; i + 8 <= hi; i += 8) {
+        __m256 vg = _mm256_loadu_ps(g + i);
+        __m256 e = cpu_exp256(_mm256_xor_ps(vg, neg));
+        __m256 r = _mm256_div_ps(vg, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(r, _mm256_loadu_ps(u + i)));
     }
-    act_scalar(out, g, u, i, hi, act);
+    for (; i < hi; i++) out[i] = silu1(g[i], u[i]);
 }
 #endif
 
 static void act_range(void *vctx, int64_t lo, int64_t hi) {
     const struct act_ctx *c = vctx;
 #if CPU_HAVE_X86
-    if (c->avx2) {
-        act_avx2(c->out, c->gate, c->up, lo, hi, c->act);
+    if (c->avx2 && c->act != ACT_GELU_TANH) { /* f16-rounded GELU: scalar (llama.cpp uses a table) */
+        silu_avx2(c->out, c->gate, c->up, lo, hi);
         return;
     }
 #endif

@@ -7,7 +7,21 @@
  * heap is sorted in place at the end. Alongside, lse = m + log(sum e^(x - m)) with a
  * running maximum m: the sum is kept in double and rescaled by e^(m_old - m_new) when m
  * grows. -inf entries add nothing; a NaN makes lse NaN; +inf makes it +inf. NaN values are
- * ranked as -inf. */
+ * ranked as -inf.
+ *
+ * Ordering (see vec.h): one row per thread, and the scalar level reproduces the AVX2 scan
+ * bit for bit (tk_scan_scalar is tk_scan_avx2 in portable C). A row is read as: the first
+ * k values one at a time (the heap fills), then blocks of 32, then the last
+ * (n - k) % 32 one at a time.
+ *   One at a time (tk_one): a new maximum rescales the sum by libm's exp in double,
+ *     s = (s e) + 1 rounded twice; any other finite x adds (double)expf(x - m).
+ *   A block of 32 finite values: m = max(m, block max) (8 lanes of _mm256_max_ps, then
+ *     cpu_hmax8), s *= exp(m_old - m) if it grew, then s += the block's cpu_exp1(x - m)
+ *     summed in 4 double lanes (lane l: the values 8j + l, then 8j + l + 4, for j = 0..3)
+ *     and cpu_hsum4d.
+ *   A block holding -inf, +inf or NaN: one at a time, but with s e + 1 fused (fma), as
+ *     the AVX2 build has always compiled it there.
+ * The heap sees the same values in the same order on every path. */
 #include "vec.h"
 
 #include <math.h>
@@ -53,13 +67,21 @@ struct tk_lse {
     bool nan, pinf;
 };
 
-static inline void tk_lse_push(struct tk_lse *st, float x) {
+/* fused: s e + 1 in one rounding (inside a scanned block), else two (the product stored
+ * through a volatile, so that no compiler contracts it; a new maximum is rare). */
+static inline void tk_lse_push(struct tk_lse *st, float x, bool fused) {
     if (isnan(x)) {
         st->nan = true;
     } else if (isinf(x)) {
         if (x > 0) st->pinf = true;
     } else if (x > st->m) {
-        st->s = st->s * exp((double)st->m - (double)x) + 1.0;
+        const double e = exp((double)st->m - (double)x);
+        if (fused) {
+            st->s = fma(st->s, e, 1.0);
+        } else {
+            volatile double se = st->s * e;
+            st->s = se + 1.0;
+        }
         st->m = x;
     } else {
         st->s += (double)expf(x - st->m);
@@ -75,8 +97,8 @@ static float tk_lse_result(const struct tk_lse *st) {
 
 /* Scalar handling of x[i]: heap insertion (heap of `*fill` entries, capacity k) and lse. */
 static inline void tk_one(float *val, int32_t *idx, int64_t k, int64_t *fill, struct tk_lse *st,
-                          float x, int64_t i) {
-    tk_lse_push(st, x);
+                          float x, int64_t i, bool fused) {
+    tk_lse_push(st, x, fused);
     float v = isnan(x) ? -INFINITY : x;
     if (*fill < k) {
         tk_push(val, idx, *fill, v, (int32_t)i);
@@ -88,8 +110,53 @@ static inline void tk_one(float *val, int32_t *idx, int64_t k, int64_t *fill, st
     }
 }
 
-#if CPU_HAVE_X86
 enum { TK_BLOCK = 32 };
+
+/* x[lo, hi) after the heap is full, in blocks of TK_BLOCK: tk_scan_avx2's arithmetic in
+ * portable C. Returns where the blocks end. */
+static int64_t tk_scan_scalar(float *val, int32_t *idx, int64_t k, int64_t *fill, struct tk_lse *st,
+                              const float *x, int64_t lo, int64_t hi) {
+    int64_t i = lo;
+    for (; i + TK_BLOCK <= hi; i += TK_BLOCK) {
+        const float *v = x + i;
+        bool finite = true;
+        for (int j = 0; j < TK_BLOCK; j++) finite &= fabsf(v[j]) < INFINITY;
+        if (!finite) { /* -inf, +inf or NaN inside: the scalar rules */
+            for (int64_t j = i; j < i + TK_BLOCK; j++) tk_one(val, idx, k, fill, st, x[j], j, true);
+            continue;
+        }
+        /* heap entries that this block beats (the root only grows, so testing each value
+         * against the current root is what the AVX2 lane masks amount to) */
+        if (k > 0)
+            for (int j = 0; j < TK_BLOCK; j++)
+                if (v[j] > val[0]) {
+                    val[0] = v[j];
+                    idx[0] = (int32_t)(i + j);
+                    tk_sift_down(val, idx, k, 0);
+                }
+        float mx[8];
+        for (int l = 0; l < 8; l++) {
+            mx[l] = -INFINITY;
+            for (int j = 0; j < 4; j++) mx[l] = cpu_max1(mx[l], v[8 * j + l]); /* _mm256_max_ps(mx, v[j]) */
+        }
+        const float bm = cpu_hmax8(mx);
+        if (bm > st->m) {
+            st->s *= exp((double)st->m - (double)bm);
+            st->m = bm;
+        }
+        double acc[4] = {0};
+        for (int j = 0; j < 4; j++) {
+            float e[8];
+            for (int l = 0; l < 8; l++) e[l] = cpu_exp1(v[8 * j + l] - st->m);
+            for (int l = 0; l < 4; l++) acc[l] += (double)e[l];
+            for (int l = 0; l < 4; l++) acc[l] += (double)e[l + 4];
+        }
+        st->s += cpu_hsum4d(acc);
+    }
+    return i;
+}
+
+#if CPU_HAVE_X86
 
 /* x[lo, hi) after the heap is full: AVX2 filter against the root and blocked lse. */
 static CPU_AVX2 int64_t tk_scan_avx2(float *val, int32_t *idx, int64_t k, int64_t *fill, struct tk_lse *st,
@@ -107,7 +174,7 @@ static CPU_AVX2 int64_t tk_scan_avx2(float *val, int32_t *idx, int64_t k, int64_
             finite &= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(v[j], absmask), inf, _CMP_LT_OQ));
         }
         if (finite != 0xff) { /* -inf, +inf or NaN inside: the scalar rules */
-            for (int64_t j = i; j < i + TK_BLOCK; j++) tk_one(val, idx, k, fill, st, x[j], j);
+            for (int64_t j = i; j < i + TK_BLOCK; j++) tk_one(val, idx, k, fill, st, x[j], j, true);
             continue;
         }
         /* heap entries that this block beats */
@@ -165,11 +232,13 @@ static void tk_rows(void *vctx, int64_t lo, int64_t hi) {
         float *val = c->val + r * kk;
         int32_t *idx = c->idx + r * kk;
         int64_t fill = 0, i = 0;
-        for (; i < k; i++) tk_one(val, idx, k, &fill, &st, x[i], i);
+        for (; i < k; i++) tk_one(val, idx, k, &fill, &st, x[i], i, false);
 #if CPU_HAVE_X86
         if (c->avx2) i = tk_scan_avx2(val, idx, k, &fill, &st, x, i, n);
+        else
 #endif
-        for (; i < n; i++) tk_one(val, idx, k, &fill, &st, x[i], i);
+            i = tk_scan_scalar(val, idx, k, &fill, &st, x, i, n);
+        for (; i < n; i++) tk_one(val, idx, k, &fill, &st, x[i], i, false);
         /* heap sort: the worst goes last each round, leaving the row best-first */
         for (int64_t m = k - 1; m > 0; m--) {
             float tv = val[0];

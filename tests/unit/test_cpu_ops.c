@@ -1,6 +1,9 @@
 /* test_cpu_ops.c - the CPU backend's ops other than matmul/get_rows, each against a
  * double-precision reference written here, on fresh random inputs, on the scalar path and
- * (when this CPU has it) the AVX2 path; plus backend creation and the op table. */
+ * (when this CPU has it) the AVX2 path; each op's output compared bit for bit between the
+ * scalar and AVX2 paths and across thread counts (1, 2, 3: different splits of the
+ * range); the scalar forms of the shared math (exp, f16 conversions) against their AVX2
+ * forms; plus backend creation and the op table. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <sched.h>
@@ -9,6 +12,7 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/vec.h"
 #include "kernels/quant.h"
 #include "testutil.h"
 #include "testweights.h"
@@ -46,6 +50,36 @@ static uint16_t f16_bits(float x) {
     uint16_t u;
     memcpy(&u, &h, sizeof u);
     return u;
+}
+
+/* The runs of a bit-identity test: the scalar level and (where the CPU has it) AVX2,
+ * each with 1, 2 and 3 threads (different splits of every parallel range). Run 0, scalar
+ * with 1 thread, is the reference the others must equal bit for bit. */
+struct runs {
+    int n;
+    int simd[6], threads[6];
+};
+
+static struct runs runs_all(void) {
+    struct runs r = {0};
+    int lv[2], nl = simd_levels(lv);
+    for (int l = 0; l < nl; l++)
+        for (int t = 1; t <= 3; t++) r.simd[r.n] = lv[l], r.threads[r.n++] = t;
+    return r;
+}
+
+/* Fails unless got equals ref byte for byte, naming the first differing element. */
+static void same_bits(const void *ref, const void *got, size_t n, size_t esz, const char *what, int simd, int threads) {
+    if (n == 0 || memcmp(ref, got, n * esz) == 0) return;
+    size_t i = 0;
+    while (memcmp((const char *)ref + i * esz, (const char *)got + i * esz, esz) == 0) i++;
+    uint32_t a = 0, b = 0;
+    memcpy(&a, (const char *)ref + i * esz, esz < 4 ? esz : 4);
+    memcpy(&b, (const char *)got + i * esz, esz < 4 ? esz : 4);
+    float fa, fb;
+    memcpy(&fa, &a, 4), memcpy(&fb, &b, 4);
+    cr_assert_fail("%s: simd %d with %d threads differs from scalar with 1 thread at element %zu of %zu: bits %08x vs "
+                   "%08x (as floats %.9g vs %.9g)", what, simd, threads, i, n, b, a, fb, fa);
 }
 
 /* ---- backend ---- */
@@ -738,6 +772,428 @@ Test(cpu_ops, topk_returns_the_k_largest_descending_with_ties_to_lower_index_and
             for (int kind = 0; kind < 3; kind++) topk_case(b, &r, cases[c].rows, cases[c].n, cases[c].k, kind, lv[l]);
         kbackend_free(b);
     }
+}
+
+/* ---- the shared math: scalar forms equal the AVX2 lanes ---- */
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma,f16c"))) static void exp256_of(const float *x, float *y, int n) {
+    for (int i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, cpu_exp256(_mm256_loadu_ps(x + i)));
+}
+
+/* cpu_exp1 (scalar, built here for plain x86-64: libm fmaf and nearbyintf) equals a lane
+ * of cpu_exp256 over a sample of every float (bits a multiple of 193: all exponents, both
+ * signs, NaNs, infinities), densely around the clamps and the rounding points of n, and
+ * it stays within 2 ulp of exp inside the clamps. */
+Test(cpu_ops, exp_scalar_equals_one_lane_of_exp256) {
+    if (cpu_simd_detect() < KSIMD_AVX2) cr_skip_test("no AVX2 on this CPU");
+    enum { N = 4096 };
+    static float x[N], y[N];
+    int64_t checked = 0;
+    uint64_t bits = 0;
+    tu_rng r = rng_new();
+    for (int phase = 0; phase < 2; phase++) {
+        for (int64_t done = 0; phase == 0 ? bits <= 0xffffffffull : done < 400000; done += N) {
+            for (int n = 0; n < N; n++) {
+                if (phase == 0) {
+                    uint32_t b = (uint32_t)bits;
+                    memcpy(&x[n], &b, 4);
+                    bits += 193;
+                } else if (n % 4 == 0) { /* near the clamps */
+                    static const float edges[4] = {-87.3f, 88.3f, -87.33654f, 88.72284f};
+                    x[n] = nextafterf(edges[n / 4 % 4], 0.0f) + (float)((int)(tu_next(&r) % 64) - 32) * 1e-5f;
+                } else if (n % 4 == 1) { /* (k + 1/2) ln2, where n rounds either way */
+                    x[n] = ((float)((int)(tu_next(&r) % 253) - 126) + 0.5f) * 0.6931472f;
+                    uint32_t b;
+                    memcpy(&b, &x[n], 4);
+                    b += (uint32_t)(tu_next(&r) % 9) - 4u;
+                    memcpy(&x[n], &b, 4);
+                } else {
+                    x[n] = tu_uniform(&r, -90.0f, 90.0f);
+                }
+            }
+            exp256_of(x, y, N);
+            for (int n = 0; n < N; n++) {
+                const float s = cpu_exp1(x[n]);
+                cr_assert(memcmp(&s, &y[n], 4) == 0, "exp of %a: scalar %a, AVX2 %a", x[n], s, y[n]);
+                if (x[n] >= -87.3f && x[n] <= 88.3f) {
+                    const double want = exp((double)x[n]);
+                    cr_assert(fabs(s - want) <= 2.0 * ldexp(1.0, ilogb(want) - 23), "exp(%a) = %a vs %a", x[n], s, want);
+                }
+            }
+            checked += N;
+        }
+    }
+    cr_assert_gt(checked, 22000000);
+}
+
+__attribute__((target("avx2,f16c"))) static void f16c_to_f16(const float *x, uint16_t *h, int n) {
+    for (int i = 0; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+}
+
+__attribute__((target("avx2,f16c"))) static void f16c_to_f32(const uint16_t *h, float *x, int n) {
+    for (int i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+}
+
+/* The scalar f16 conversions of the CPU ops equal F16C's on every f16 and on a sample of
+ * every float (bits a multiple of 61, plus NaNs of every payload class), NaNs included:
+ * quiet, sign and top payload bits kept (f32_to_fp16 would give 0x7e00 for any NaN). */
+Test(cpu_ops, scalar_f16_conversions_equal_f16c_on_every_input) {
+    if (cpu_simd_detect() < KSIMD_AVX2) cr_skip_test("no AVX2 on this CPU");
+    enum { N = 4096 };
+    static float x[N], y[N];
+    static uint16_t h[N];
+    for (uint32_t base = 0; base < 65536; base += N) {
+        for (int k = 0; k < N; k++) h[k] = (uint16_t)(base + (uint32_t)k);
+        f16c_to_f32(h, y, N);
+        for (int k = 0; k < N; k++) {
+            const float s = cpu_f16_to_f32(h[k]);
+            cr_assert(memcmp(&s, &y[k], 4) == 0, "f16 %04x: scalar %08x, F16C %08x", h[k], cpu_f32_bits(s), cpu_f32_bits(y[k]));
+        }
+    }
+    tu_rng r = rng_new();
+    uint64_t bits = 0;
+    int64_t nans = 0;
+    for (int phase = 0; phase < 2; phase++)
+        for (int64_t done = 0; phase == 0 ? bits <= 0xffffffffull : done < (1 << 20); done += N) {
+            for (int k = 0; k < N; k++) {
+                uint32_t b;
+                if (phase == 0) {
+                    b = (uint32_t)bits;
+                    bits += 61;
+                } else { /* NaNs: random sign and payload, quiet or signalling, small payloads too */
+                    b = 0x7f800000u | (uint32_t)(tu_next(&r) & 0x807fffffu);
+                    if (k % 3 == 0) b = (b & 0xffc00000u) | (uint32_t)(tu_next(&r) % 0x4000u);
+                    if ((b & 0x7fffffu) == 0) b |= 1u;
+                }
+                memcpy(&x[k], &b, 4);
+            }
+            f16c_to_f16(x, h, N);
+            for (int k = 0; k < N; k++) {
+                const uint16_t s = cpu_f32_to_f16(x[k]);
+                nans += x[k] != x[k];
+                cr_assert_eq(s, h[k], "f32 %08x: scalar %04x, F16C %04x", cpu_f32_bits(x[k]), s, h[k]);
+            }
+        }
+    cr_assert_gt(nans, 1 << 20);
+}
+#endif
+
+/* ---- bit identity across SIMD levels and thread counts ---- */
+
+/* Rows on which the order of the sum of squares shows in the result (random rows almost
+ * never show it: the squares are exact and summed in double), for n a power of two >= 64:
+ * two large values, odd m1 and even m2 in lanes j and j + 4 of the first block, whose
+ * squares add up to an odd integer S in [2^24, 2^25), exactly between two floats (and so
+ * is the mean S / n; ties go down); tiny values elsewhere, each lane of them summing to
+ * about 0.78 * 2^-30, so that S plus one square, one lane or two lanes rounds back to S
+ * (under half an ulp in double) but S plus four lanes does not. In the AVX2 tree the last
+ * addition brings four lanes to S and the mean rounds up; summed one by one, or lane by
+ * lane into S, it rounds down (and the scale differs in about a third of such rows).
+ * One row in 4. */
+static void rms_tie_rows(tu_rng *r, float *x, int64_t n, int64_t nr) {
+    if (n < 64 || (n & (n - 1))) return;
+    const float tiny = sqrtf(ldexpf(0.78f, -30) * 8.0f / (float)n);
+    for (int64_t row = 0; row < nr; row += 4) {
+        float *xr = x + row * n;
+        for (int64_t i = 0; i < n; i++) xr[i] = tu_next(r) % 2 ? tiny : -tiny;
+        const int64_t j = (int64_t)(tu_next(r) % 4);
+        xr[j] = (float)(2901 + 2 * (int)(tu_next(r) % 550));
+        xr[j + 4] = (float)(2900 + 2 * (int)(tu_next(r) % 551));
+    }
+}
+
+Test(cpu_ops, rmsnorm_gives_the_same_bits_on_every_level_and_thread_count) {
+    tu_rng r = rng_new();
+    const struct runs rn = runs_all();
+    static const int64_t ns[] = {1, 3, 7, 8, 9, 15, 16, 17, 33, 64, 100, 256, 1031, 4096};
+    for (size_t a = 0; a < TP_ARRAY_LEN(ns); a++)
+        for (int variant = 0; variant < 3; variant++) {
+            /* enough rows for 3 pieces (a piece is at least 16384 / n rows) */
+            const int64_t n = ns[a], nr = 3 * TP_MAX(1, 16384 / n) + 1;
+            const size_t tot = (size_t)(n * nr);
+            float *x = tu_rand_floats(&r, tot, -3.0f, 3.0f);
+            for (size_t i = 0; i < tot; i += 97) x[i] *= 1e4f; /* a wide spread of squares */
+            for (size_t i = 5; i < tot; i += 101) x[i] *= 1e-5f;
+            rms_tie_rows(&r, x, n, nr);
+            float *w = variant == 2 ? NULL : tu_rand_floats(&r, (size_t)n, -1.0f, 1.0f);
+            const float off = variant == 1 ? 1.0f : 0.0f;
+            float *ref = tu_xmalloc(tot * sizeof(float)), *y = tu_xmalloc(tot * sizeof(float));
+            for (int k = 0; k < rn.n; k++) {
+                struct kbackend *b = backend_new(rn.simd[k], rn.threads[k], 16);
+                b->ops->rmsnorm(b, k ? y : ref, x, w, off, nr, n, 1e-6f);
+                char what[64];
+                snprintf(what, sizeof what, "rmsnorm n %lld variant %d", (long long)n, variant);
+                if (k) same_bits(ref, y, tot, 4, what, rn.simd[k], rn.threads[k]);
+                kbackend_free(b);
+            }
+            free(x), free(w), free(ref), free(y);
+        }
+}
+
+Test(cpu_ops, gated_act_gives_the_same_bits_on_every_level_and_thread_count) {
+    tu_rng r = rng_new();
+    const struct runs rn = runs_all();
+    /* a piece is at least 8192 elements: n past 2 and 3 pieces, starts not multiples of 8 */
+    static const int64_t ns[] = {1, 5, 7, 8, 13, 1000, 8191, 8193, 16390, 24579, 70001};
+    for (size_t a = 0; a < TP_ARRAY_LEN(ns); a++)
+        for (int act = 0; act < ACT_COUNT; act++) {
+            const int64_t n = ns[a];
+            float *g = tu_rand_floats(&r, (size_t)n, -12.0f, 12.0f);
+            float *u = tu_rand_floats(&r, (size_t)n, -3.0f, 3.0f);
+            static const float special[] = {-100.0f, 100.0f, 0.0f, -0.0f, -30.0f, 87.5f, -87.5f, 89.0f, -89.0f,
+                                            INFINITY, -INFINITY, 1e-30f, -1e-30f};
+            for (int64_t i = 0; i < n; i++)
+                if (tu_next(&r) % 16 == 0) g[i] = special[tu_next(&r) % TP_ARRAY_LEN(special)];
+            float *ref = tu_xmalloc((size_t)n * sizeof(float)), *o = tu_xmalloc((size_t)n * sizeof(float));
+            for (int k = 0; k < rn.n; k++) {
+                struct kbackend *b = backend_new(rn.simd[k], rn.threads[k], 16);
+                b->ops->gated_act(b, k ? o : ref, g, u, n, (enum act_kind)act);
+                char what[64];
+                snprintf(what, sizeof what, "gated_act %d n %lld", act, (long long)n);
+                if (k) same_bits(ref, o, (size_t)n, 4, what, rn.simd[k], rn.threads[k]);
+                kbackend_free(b);
+            }
+            free(g), free(u), free(ref), free(o);
+        }
+}
+
+Test(cpu_ops, add_scale_and_add_bias_give_the_same_bits_on_every_level_and_thread_count) {
+    tu_rng r = rng_new();
+    const struct runs rn = runs_all();
+    static const int64_t ns[] = {1, 7, 9, 33, 32769, 65541, 100003};
+    for (size_t a = 0; a < TP_ARRAY_LEN(ns); a++) {
+        const int64_t n = ns[a], cols = n % 257 + 1, rows = n / cols;
+        float *x = tu_rand_floats(&r, (size_t)n, -100.0f, 100.0f), *y = tu_rand_floats(&r, (size_t)n, -1.0f, 1.0f);
+        float *ref = tu_xmalloc(3 * (size_t)n * sizeof(float)), *o = tu_xmalloc(3 * (size_t)n * sizeof(float));
+        for (int k = 0; k < rn.n; k++) {
+            struct kbackend *b = backend_new(rn.simd[k], rn.threads[k], 16);
+            float *out = k ? o : ref;
+            b->ops->add(b, out, x, y, n);
+            memcpy(out + n, x, (size_t)n * sizeof(float));
+            b->ops->scale(b, out + n, -0.37f, n);
+            memcpy(out + 2 * n, x, (size_t)n * sizeof(float));
+            b->ops->add_bias(b, out + 2 * n, y, rows, cols);
+            char what[64];
+            snprintf(what, sizeof what, "add/scale/add_bias n %lld", (long long)n);
+            if (k) same_bits(ref, o, 3 * (size_t)n, 4, what, rn.simd[k], rn.threads[k]);
+            kbackend_free(b);
+        }
+        free(x), free(y), free(ref), free(o);
+    }
+}
+
+Test(cpu_ops, rope_gives_the_same_bits_on_every_level_and_thread_count) {
+    tu_rng r = rng_new();
+    const struct runs rn = runs_all();
+    float ff[64];
+    tu_fill_uniform(&r, ff, 64, 1.0f, 8.0f);
+    static const int64_t hds[] = {64, 6, 80};
+    for (size_t s = 0; s < TP_ARRAY_LEN(hds); s++)
+        for (int mode = 0; mode < 2; mode++)
+            for (int yarn = 0; yarn < 2; yarn++) {
+                const int64_t hd = hds[s], n_head = 3, n_tok = 40, tot = n_tok * n_head * hd;
+                struct rope_params p = {.mode = mode ? ROPE_NEOX : ROPE_NORMAL, .n_rot = hd == 80 ? 32 : hd,
+                                        .base = 10000.0f, .freq_scale = yarn ? 0.25f : 1.0f,
+                                        .freq_factors = yarn ? ff : NULL, .ext_factor = yarn ? 1.0f : 0.0f,
+                                        .attn_factor = 1.0f, .beta_fast = 32.0f, .beta_slow = 1.0f, .n_ctx_orig = 4096};
+                float *x = tu_rand_floats(&r, (size_t)tot, -1.0f, 1.0f);
+                int32_t pos[40];
+                for (int t = 0; t < n_tok; t++) pos[t] = (int32_t)(tu_next(&r) % 40000);
+                float *ref = tu_xmalloc((size_t)tot * sizeof(float)), *o = tu_xmalloc((size_t)tot * sizeof(float));
+                for (int k = 0; k < rn.n; k++) {
+                    struct kbackend *b = backend_new(rn.simd[k], rn.threads[k], 16);
+                    float *out = k ? o : ref;
+                    memcpy(out, x, (size_t)tot * sizeof(float));
+                    b->ops->rope(b, out, pos, n_tok, n_head, hd, &p);
+                    if (k) same_bits(ref, o, (size_t)tot, 4, "rope", rn.simd[k], rn.threads[k]);
+                    kbackend_free(b);
+                }
+                free(x), free(ref), free(o);
+            }
+}
+
+/* kv_store into an f16 cache: the same bits on every path (8-lane F16C blocks, scalar
+ * tails, scalar level), for rows that are not multiples of 8 and inputs of every kind
+ * (ties, subnormal halves, overflow, infinities, NaNs with payloads). */
+Test(cpu_ops, kv_store_gives_the_same_f16_bits_on_every_level_and_thread_count) {
+    tu_rng r = rng_new();
+    const struct runs rn = runs_all();
+    static const int64_t shapes[][2] = {{1, 37}, {2, 13}, {2, 64}, {1, 8}, {3, 5}, {1, 1}};
+    for (size_t s = 0; s < TP_ARRAY_LEN(shapes); s++) {
+        const int64_t n_kv = shapes[s][0], hd = shapes[s][1], row = n_kv * hd;
+        const int64_t n_tok = 3 * TP_MAX(1, 16384 / row) + 1, n_blocks = (n_tok + BS - 1) / BS + 1, n_slots = n_blocks * BS;
+        float *kf = tu_rand_floats(&r, (size_t)(n_tok * row), -1.0f, 1.0f);
+        float *vf = tu_rand_floats(&r, (size_t)(n_tok * row), -70000.0f, 70000.0f);
+        for (int64_t i = 0; i < n_tok * row; i++) {
+            uint32_t b = (uint32_t)tu_next(&r);
+            switch (tu_next(&r) % 8) {
+            case 0: memcpy(&kf[i], &b, 4); break;                            /* any bits: NaNs, infinities */
+            case 1: kf[i] = ldexpf((float)(b % 4096) + 0.5f, -34); break;   /* subnormal halves, ties */
+            case 2: { /* exactly between two f16 values */
+                const uint16_t h = (uint16_t)(b % 0x7bffu);
+                kf[i] = (fp16_to_f32(h) + fp16_to_f32((uint16_t)(h + 1))) / 2;
+                break;
+            }
+            default: break;
+            }
+        }
+        int64_t *slots = tu_xmalloc((size_t)n_tok * sizeof(int64_t));
+        for (int64_t t = 0; t < n_tok; t++) slots[t] = t % 17 == 5 ? -1 : n_slots - 1 - t; /* some padding */
+        const size_t bytes = (size_t)(n_slots * row) * 2;
+        unsigned char *ref = tu_xmalloc(2 * bytes), *got = tu_xmalloc(2 * bytes);
+        for (int k = 0; k < rn.n; k++) {
+            struct kbackend *b = backend_new(rn.simd[k], rn.threads[k], 16);
+            unsigned char *out = k ? got : ref;
+            memset(out, 0x5a, 2 * bytes);
+            struct kv_layer kv = {.k = out, .v = out + bytes, .type = DTYPE_F16, .n_blocks = n_blocks,
+                                  .block_size = BS, .n_kv = n_kv, .head_dim = hd};
+            struct attn_batch sb = {.n_tok = n_tok, .slots = slots};
+            b->ops->kv_store(b, &kv, kf, vf, &sb);
+            char what[64];
+            snprintf(what, sizeof what, "kv_store f16 rows of %lld", (long long)row);
+            if (k) same_bits(ref, got, bytes, 2, what, rn.simd[k], rn.threads[k]);
+            kbackend_free(b);
+        }
+        /* and each stored value is the F16C-exact conversion (f32_to_fp16 for non-NaN) */
+        for (int64_t t = 0; t < n_tok; t++) {
+            if (slots[t] < 0) continue;
+            for (int64_t e = 0; e < row; e++) {
+                uint16_t h;
+                memcpy(&h, ref + (size_t)(slots[t] * row + e) * 2, 2);
+                const float x = kf[t * row + e];
+                cr_assert_eq(h, cpu_f32_to_f16(x), "kv_store of %a: %04x", x, h);
+                if (x == x) cr_assert_eq(h, f32_to_fp16(x), "kv_store of %a: %04x", x, h);
+            }
+        }
+        free(kf), free(vf), free(slots), free(ref), free(got);
+    }
+}
+
+/* Attention on every path (f16 and f32 caches; the grouped AVX2 kernel, the one-head
+ * f16 softmax and the generic chunked one; head sizes odd, multiples of 8 but not 16,
+ * beyond the f16 q buffer; windows; spans longer than the scratch chunk; large scores)
+ * gives the same bits at the scalar level and AVX2 and for any thread count (which
+ * changes how many heads an AVX2 work item takes: 3 * n_head threads for the decode
+ * batch means one head per item). */
+Test(cpu_ops, attention_gives_the_same_bits_on_every_path_level_and_thread_count) {
+    tu_rng r = rng_new();
+    int lv[2], nl = simd_levels(lv);
+    static const struct {
+        int64_t n_head, n_kv, hd, window, ctx;
+        enum dtype type;
+        float scale;
+    } cs[] = {
+        {8, 2, 64, 0, 256, DTYPE_F16, 0.125f},  {8, 2, 64, 0, 256, DTYPE_F32, 0.125f},
+        {4, 4, 37, 0, 256, DTYPE_F16, 0.3f},    {4, 4, 37, 0, 256, DTYPE_F32, 0.3f},
+        {6, 3, 40, 6, 256, DTYPE_F16, 6.0f},    {6, 3, 40, 6, 256, DTYPE_F32, 6.0f},
+        {4, 1, 13, 0, 9, DTYPE_F16, 1.5f},      {4, 1, 13, 0, 9, DTYPE_F32, 1.5f},
+        {16, 4, 24, 0, 30, DTYPE_F16, 2.0f},    {16, 2, 128, 0, 256, DTYPE_F16, 0.09f},
+        {3, 1, 8, 0, 64, DTYPE_F32, 40.0f},     {3, 1, 8, 0, 64, DTYPE_F16, 40.0f},
+        {2, 1, 1, 0, 64, DTYPE_F16, 1.0f},      {5, 5, 20, 25, 256, DTYPE_F16, 0.5f},
+        {2, 2, 1040, 0, 256, DTYPE_F16, 0.05f}, {4, 2, 16, 16, 7, DTYPE_F32, 1.5f},
+    };
+    const int n_seq = 3, lens[3] = {70, 17, 1}, n_new[2][3] = {{20, 1, 1}, {1, 1, 1}};
+    const int64_t max_blocks = (70 + BS - 1) / BS, n_blocks = n_seq * max_blocks;
+    int32_t tables[3 * 5];
+    for (int i = 0; i < n_seq * max_blocks; i++) tables[i] = (int32_t)((i * 7 + 3) % n_blocks);
+    int64_t slots[88];
+    int64_t n_store = 0;
+    for (int q = 0; q < n_seq; q++)
+        for (int p = 0; p < lens[q]; p++) slots[n_store++] = (int64_t)tables[q * max_blocks + p / BS] * BS + p % BS;
+    for (size_t c = 0; c < TP_ARRAY_LEN(cs); c++) {
+        const int64_t hd = cs[c].hd, row = cs[c].n_kv * hd, qrow = cs[c].n_head * hd;
+        const size_t esz = cs[c].type == DTYPE_F16 ? 2 : 4;
+        struct kv_layer kv = {.k = tu_xmalloc((size_t)(n_blocks * BS * row) * esz),
+                              .v = tu_xmalloc((size_t)(n_blocks * BS * row) * esz), .type = cs[c].type,
+                              .n_blocks = n_blocks, .block_size = BS, .n_kv = cs[c].n_kv, .head_dim = hd};
+        float *kf = tu_rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
+        float *vf = tu_rand_floats(&r, (size_t)(n_store * row), -1.0f, 1.0f);
+        struct attn_batch sb = {.n_tok = n_store, .slots = slots};
+        struct kbackend *b0 = backend_new(KSIMD_SCALAR, 1, 16);
+        b0->ops->kv_store(b0, &kv, kf, vf, &sb);
+        kbackend_free(b0);
+        for (int batch = 0; batch < 2; batch++) {
+            int32_t pos[22], seq[22];
+            int n_q = 0;
+            for (int q = n_seq - 1; q >= 0; q--) /* sequences interleaved in reverse */
+                for (int j = 0; j < n_new[batch][q]; j++, n_q++) seq[n_q] = q, pos[n_q] = lens[q] - n_new[batch][q] + j;
+            float *qv = tu_rand_floats(&r, (size_t)(n_q * qrow), -2.0f, 2.0f);
+            const size_t n_out = (size_t)(n_q * qrow);
+            float *ref = tu_xmalloc(n_out * sizeof(float)), *o = tu_xmalloc(n_out * sizeof(float));
+            struct attn_batch ab = {.n_tok = n_q, .pos = pos, .seq = seq, .block_tables = tables, .max_blocks = max_blocks};
+            const int thr[4] = {1, 2, 3, (int)(3 * cs[c].n_head)};
+            bool first = true;
+            for (int l = 0; l < nl; l++)
+                for (int ti = 0; ti < 4; ti++) {
+                    struct kbackend *b = backend_new(lv[l], thr[ti], cs[c].ctx);
+                    b->ops->attention(b, first ? ref : o, qv, &kv, &ab, cs[c].n_head, cs[c].scale, cs[c].window);
+                    char what[160];
+                    snprintf(what, sizeof what, "attention %s heads %lld/%lld hd %lld window %lld ctx %lld scale %g, %d tokens",
+                             cs[c].type == DTYPE_F16 ? "f16" : "f32", (long long)cs[c].n_head, (long long)cs[c].n_kv,
+                             (long long)hd, (long long)cs[c].window, (long long)cs[c].ctx, cs[c].scale, n_q);
+                    if (!first) same_bits(ref, o, n_out, 4, what, lv[l], thr[ti]);
+                    first = false;
+                    kbackend_free(b);
+                }
+            for (size_t i = 0; i < n_out; i++) cr_assert(isfinite(ref[i]), "attention output %zu: %g", i, ref[i]);
+            free(qv), free(ref), free(o);
+        }
+        free(kf), free(vf), free(kv.k), free(kv.v);
+    }
+}
+
+/* topk: indices, values and lse bit for bit on every level and thread count, for rows
+ * whose maximum grows while the heap fills, inside the 32-value blocks and in the tail
+ * (rising rows), rows with ties, masked rows, rows with NaN and +inf, and rows where the
+ * order of the double sum shows in the float lse (a 0 among values near -40: lse =
+ * log(1 + sum), the sum a few ulps of 1, so a changed order changes it by several %). */
+Test(cpu_ops, topk_gives_the_same_bits_on_every_level_and_thread_count) {
+    tu_rng r = rng_new();
+    const struct runs rn = runs_all();
+    static const struct {
+        int64_t n, k;
+    } cs[] = {{1, 1}, {7, 3}, {31, 0}, {33, 1}, {100, 5}, {1000, 40}, {1000, 1000}, {5003, 64}, {70001, 40}, {151936, 1}};
+    for (size_t c = 0; c < TP_ARRAY_LEN(cs); c++)
+        for (int kind = 0; kind < 7; kind++) {
+            const int64_t n = cs[c].n, k = cs[c].k;
+            const int64_t nr = TP_MIN(3 * TP_MAX(1, 65536 / n) + 1, 2000);
+            float *x = tu_xmalloc((size_t)(nr * n) * sizeof(float));
+            for (int64_t i = 0; i < nr * n; i++) {
+                const int64_t j = i % n;
+                if (kind == 0) x[i] = tu_uniform(&r, -20.0f, 20.0f);
+                else if (kind == 1) x[i] = (float)(tu_next(&r) % 6) - 2.5f;
+                else if (kind == 2) x[i] = tu_next(&r) % 4 == 0 ? -INFINITY : tu_uniform(&r, -5.0f, 5.0f);
+                else if (kind == 3) x[i] = (float)j * 0.013f + tu_uniform(&r, -0.5f, 0.5f); /* rising: new maxima */
+                else if (kind == 4) {
+                    uint64_t u = tu_next(&r) % 4096;
+                    x[i] = u == 0 ? NAN : u == 1 ? INFINITY : u < 40 ? -INFINITY : tu_uniform(&r, -60.0f, 60.0f);
+                } else { /* e^-40-ish terms (some -inf in kind 6): lse = log(1 + their sum) shows its order */
+                    x[i] = kind == 6 && tu_next(&r) % 64 == 0 ? -INFINITY : tu_uniform(&r, -42.0f, -38.0f);
+                }
+            }
+            if (kind >= 5) /* the maximum, 0, somewhere in each row */
+                for (int64_t row = 0; row < nr; row++) x[row * n + (int64_t)(tu_next(&r) % (uint64_t)n)] = 0.0f;
+            const size_t nk = (size_t)(nr * k);
+            int32_t *ri = tu_xmalloc(nk * sizeof(int32_t) + 4), *gi = tu_xmalloc(nk * sizeof(int32_t) + 4);
+            float *rv = tu_xmalloc(nk * sizeof(float) + 4), *gv = tu_xmalloc(nk * sizeof(float) + 4);
+            float *rl = tu_xmalloc((size_t)nr * sizeof(float)), *gl = tu_xmalloc((size_t)nr * sizeof(float));
+            for (int q = 0; q < rn.n; q++) {
+                struct kbackend *b = backend_new(rn.simd[q], rn.threads[q], 16);
+                b->ops->topk(b, q ? gi : ri, q ? gv : rv, q ? gl : rl, x, nr, n, k);
+                char what[80];
+                snprintf(what, sizeof what, "topk n %lld k %lld kind %d", (long long)n, (long long)k, kind);
+                if (q) {
+                    same_bits(ri, gi, nk, 4, what, rn.simd[q], rn.threads[q]);
+                    same_bits(rv, gv, nk, 4, what, rn.simd[q], rn.threads[q]);
+                    same_bits(rl, gl, (size_t)nr, 4, what, rn.simd[q], rn.threads[q]);
+                }
+                kbackend_free(b);
+            }
+            free(x), free(ri), free(gi), free(rv), free(gv), free(rl), free(gl);
+        }
 }
 
 /* ---- empty extents ---- */
