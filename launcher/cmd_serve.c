@@ -225,6 +225,12 @@ int cmd_serve(int argc, char **argv) {
         if (rc) fprintf(stderr, "tpllm serve: %s\n", e.msg);
         else fprintf(stderr, "tpllm serve: listening on http://%s:%d (loading the model)\n", a.ho.host, http_port(http));
     }
+    /* SIGTERM / SIGINT (mpirun forwards them to every rank) stop rank 0's coordinator,
+     * which then releases the workers; a worker ignores them and leaves when told */
+    if (rank != 0) {
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+    }
     /* every rank learns whether rank 0 could listen */
     int bad = rc != 0;
     MPI_Bcast(&bad, 1, MPI_INT, 0, MPI_COMM_WORLD);
@@ -266,9 +272,9 @@ int cmd_serve(int argc, char **argv) {
             sigaction(SIGINT, &sa, NULL);
             signal(SIGPIPE, SIG_IGN);
             fprintf(stderr, "tpllm serve: serving http://%s:%d%s%s (model '%s', tp=%d, %lld sequences per batch, %lld KV "
-                    "blocks of %lld tokens per rank)\n", a.ho.host, http_port(http), zf ? " and " : "", zf ? a.zmq : "",
-                    name, b.size, (long long)engine_max_seqs(b.engine), (long long)engine_n_blocks(b.engine),
-                    (long long)engine_block_size(b.engine));
+                    "blocks of %lld tokens per rank; pid %d: SIGTERM stops it)\n", a.ho.host, http_port(http),
+                    zf ? " and " : "", zf ? a.zmq : "", name, b.size, (long long)engine_max_seqs(b.engine), (long long)engine_n_blocks(b.engine),
+                    (long long)engine_block_size(b.engine), (int)getpid());
             rc = hub_run(hub, s, b.engine, b.track.budget, &e);
             if (rc == TP_ECOMM) {
                 fprintf(stderr, "tpllm serve: %s\n", e.msg);
