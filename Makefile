@@ -1,13 +1,15 @@
 # tpllm - the two commands of the README, and their parts.
 #   make run    install what is missing, build, and run a tensor-parallel generation (tp=2)
 #   make test   install what is missing, build, and run the whole test suite
-.PHONY: run test deps pydeps build models test-unit test-sanitize golden-deps clean
+#   make serve  install what is missing, build, and serve the default model over HTTP (tp=2)
+.PHONY: run test serve deps pydeps build models test-unit test-sanitize golden-deps clean
 
 BUILD ?= build
 PY := .pydeps/bin/python
 NP ?= 2
 MODEL ?= models/gemma-3-270m-q4_k_m.gguf
 PROMPT ?= The capital of France is
+PORT ?= 8080
 APT_PKGS := build-essential cmake pkg-config python3 python3-venv libopenmpi-dev openmpi-bin \
             libcriterion-dev libzmq3-dev libmicrohttpd-dev libjansson-dev libpcre2-dev libsimde-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -15,6 +17,9 @@ JOBS ?= $(shell nproc)
 
 run: deps build models
 	tests/mpi/mpirun.sh -np $(NP) $(BUILD)/tpllm generate -m $(MODEL) -p "$(PROMPT)" -n 32 --temp 0
+
+serve: deps build models
+	tests/mpi/mpirun.sh -np $(NP) $(BUILD)/tpllm serve -m $(MODEL) --port $(PORT)
 
 test: deps build models
 	cd $(BUILD) && ctest --output-on-failure --timeout 900
