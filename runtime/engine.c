@@ -52,7 +52,11 @@ struct engine {
     int32_t *cidx;
     float *cval, *clse, *host_logits;
     struct cand *send, *recv;
-    float *full;             /* [tp][max_logits][nv_max] gathered logits (rare path, not planned) */
+    float *full;             /* [tp][n_rows][nv_max] gathered logits (full-vocabulary sampling), grown once */
+    size_t full_cap;         /* bytes of full */
+    struct cand *m_cand;     /* rank 0's merge buffers: tp * (n_cand + 1) + n_vocab entries, made at the first step */
+    int32_t *m_ids;
+    float *m_vals;
     size_t host_bytes;       /* host buffers above, as planned (engine_host_bytes) */
 };
 
@@ -82,6 +86,10 @@ size_t engine_host_bytes(const struct engine_opts *o, int64_t n_vocab_l, int tp)
     b += (size_t)max_logits * (kmax + 1) * sizeof(struct cand) * (size_t)(tp + 1);
     b += (size_t)n_blocks * sizeof(int32_t) + (size_t)(o->max_seqs * max_blocks_seq) * sizeof(int32_t) +
          (size_t)o->max_seqs * (sizeof(int64_t) + sizeof(bool));
+    /* full-vocabulary sampling: the gathered logits of every row, and rank 0's merge
+     * buffers (counted on every rank, so that every rank plans the same) */
+    b += (size_t)max_logits * (size_t)n_vocab_l * (size_t)(tp + 1) * sizeof(float) + 1;
+    b += ((size_t)tp * (kmax + 1) + (size_t)n_vocab_l * (size_t)tp) * (sizeof(struct cand) + sizeof(int32_t) + sizeof(float));
     return b;
 }
 
@@ -165,6 +173,9 @@ void engine_free(struct engine *en) {
     free(en->send);
     free(en->recv);
     free(en->full);
+    free(en->m_cand);
+    free(en->m_ids);
+    free(en->m_vals);
     free(en->free_blocks);
     free(en->tables);
     free(en->seq_blocks);
@@ -361,17 +372,21 @@ static void penalize(struct engine *en, const struct step_hdr *h, const struct s
 static int gather_full(struct engine *en, int64_t n_rows, tp_err *e) {
     int64_t nv = en->m->sh.n_vocab_l, nvm = en->nv_max;
     size_t per_rank = (size_t)n_rows * (size_t)nvm * sizeof(float);
-    free(en->full);
-    en->full = tp_fault("gather_full", en->rank) ? NULL : malloc(per_rank * (size_t)(en->tp + 1) + 1);
-    int rc = en->full ? 0
-                      : tp_errf(e, TP_ENOMEM, "rank %d: out of host memory for %zu bytes gathering the full logits of %lld rows",
-                                en->rank, per_rank * (size_t)(en->tp + 1), (long long)n_rows);
-    /* every rank learns whether any failed before anyone enters the all-gather */
-    if (en->tp > 1) {
-        int bad = -1;
-        rc = comm_any_error(en->comm, rc, &bad, e);
+    const size_t need = per_rank * (size_t)(en->tp + 1) + 1;
+    if (need > en->full_cap) {
+        /* every rank grows at the same step (same rows, same history), and all learn
+         * whether any failed before anyone enters the all-gather */
+        float *p = tp_fault("gather_full", en->rank) ? NULL : realloc(en->full, need);
+        int rc = p ? 0
+                   : tp_errf(e, TP_ENOMEM, "rank %d: out of host memory for %zu bytes gathering the full logits of %lld rows",
+                             en->rank, need, (long long)n_rows);
+        if (p) en->full = p, en->full_cap = need;
+        if (en->tp > 1) {
+            int bad = -1;
+            rc = comm_any_error(en->comm, rc, &bad, e);
+        }
+        if (rc) return rc;
     }
-    if (rc) return rc;
     float *mine = en->full + (size_t)en->tp * (size_t)n_rows * (size_t)nvm;
     for (int64_t j = 0; j < n_rows; j++) {
         en->m->be->ops->download(en->m->be, mine + j * nvm, en->rs.logits + j * nv, (size_t)nv * sizeof(float));
@@ -459,10 +474,17 @@ static int sample_step(struct engine *en, const struct step_hdr *h, const struct
     float *vals = NULL;
     if (en->rank == 0) {
         size_t cap = (size_t)en->tp * (size_t)(en->o.n_cand + 1) + (size_t)en->m->cfg.n_vocab;
-        merged = malloc(cap * sizeof *merged);
-        ids = malloc(cap * sizeof *ids);
-        vals = malloc(cap * sizeof *vals);
-        if (!merged || !ids || !vals || tp_fault("sample_alloc", 0)) {
+        if (!en->m_cand && !tp_fault("sample_alloc", 0)) { /* once: nothing per step in proportion to the vocabulary */
+            en->m_cand = malloc(cap * sizeof *en->m_cand);
+            en->m_ids = malloc(cap * sizeof *en->m_ids);
+            en->m_vals = malloc(cap * sizeof *en->m_vals);
+            if (!en->m_cand || !en->m_ids || !en->m_vals) {
+                free(en->m_cand), free(en->m_ids), free(en->m_vals);
+                en->m_cand = NULL, en->m_ids = NULL, en->m_vals = NULL;
+            }
+        }
+        merged = en->m_cand, ids = en->m_ids, vals = en->m_vals;
+        if (!merged) {
             /* not `goto done`: the workers wait in the broadcast below */
             rc = tp_errf(e, TP_ENOMEM, "rank 0: out of host memory for %zu sampling candidates", cap);
             need_full = -1;
@@ -525,9 +547,6 @@ static int sample_step(struct engine *en, const struct step_hdr *h, const struct
         }
     }
 done:
-    free(merged);
-    free(ids);
-    free(vals);
     return rc;
 }
 
