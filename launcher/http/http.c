@@ -198,18 +198,19 @@ static void sse_produce(struct sse *q) {
         /* a piece's text may grow at the end (the flushed tail): send what is new of it */
         size_t end = p->text_off + p->text_len;
         size_t from = q->text_sent > p->text_off ? q->text_sent : p->text_off;
+        const char *txt = j->text ? j->text + from : ""; /* no text at all yet: json_pack needs a pointer */
         json_t *lp = j->logprobs ? logprobs_json(q->m, j, i, i + 1, q->kind == REQ_CHAT, q->x.top_logprobs,
                                                  0) : json_null();
         json_t *choice;
         if (q->kind == REQ_CHAT) {
-            json_t *delta = json_pack("{s:s%}", "content", j->text + from, end - from);
+            json_t *delta = json_pack("{s:s%}", "content", txt, end - from);
             if (!q->role_sent) {
                 json_object_set_new(delta, "role", json_string("assistant"));
                 q->role_sent = true;
             }
             choice = json_pack("{s:i, s:o, s:o, s:n}", "index", 0, "delta", delta, "logprobs", lp, "finish_reason");
         } else {
-            choice = json_pack("{s:i, s:s%, s:o, s:n}", "index", 0, "text", j->text + from, end - from, "logprobs", lp,
+            choice = json_pack("{s:i, s:s%, s:o, s:n}", "index", 0, "text", txt, end - from, "logprobs", lp,
                                "finish_reason");
         }
         sse_put(q, chunk(q, choice));

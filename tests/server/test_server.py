@@ -73,15 +73,18 @@ def basic(c, srv, model, tp, quick):
     # streaming gives the same text, then usage, then [DONE] (curl below)
     s = cl.completions.create(model=name, prompt=PROMPTS[0], max_tokens=24, temperature=0, stream=True,
                               extra_body={"ignore_eos": True}, stream_options={"include_usage": True})
-    parts, usage, finish = [], None, None
+    parts, usage, finish, n_tok_chunks = [], None, None, 0
     for ch in s:
         if ch.choices:
             parts.append(ch.choices[0].text)
             finish = ch.choices[0].finish_reason or finish
+            n_tok_chunks += ch.choices[0].finish_reason is None
         if ch.usage:
             usage = ch.usage
     c.ok("".join(parts) == want_text and finish == "length" and usage and usage.completion_tokens == 24,
          f"tp={tp}: streamed completion: same text, finish_reason, usage chunk", ("".join(parts), finish, usage))
+    c.ok(n_tok_chunks == 24, f"tp={tp}: one stream chunk per generated token (also tokens with no text yet)",
+         n_tok_chunks)
 
     # stop strings: a piece of the greedy text ends it just before
     words = want_text.split()
