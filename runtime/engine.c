@@ -507,7 +507,8 @@ static int sample_step(struct engine *en, const struct step_hdr *h, const struct
                 out[j] = -1; /* resolved below with the full vocabulary */
                 need_full = 1;
             } else if (logprob) {
-                sampler_logprobs(ids, vals, n, lse, out[j], 0, NULL, &logprob[j], NULL);
+                sampler_logprobs(ids, vals, n, lse, out[j], TP_MIN((int64_t)rows[j].n_top, n), rows[j].top, &logprob[j],
+                                 NULL);
             }
         }
     }
@@ -542,7 +543,9 @@ static int sample_step(struct engine *en, const struct step_hdr *h, const struct
                     rc = r < 0 ? r : tp_errf(e, TP_EINVAL, "sampler asked for more candidates than the vocabulary");
                     goto done;
                 }
-                if (logprob) sampler_logprobs(ids, vals, V, lse, out[j], 0, NULL, &logprob[j], NULL);
+                if (logprob)
+                    sampler_logprobs(ids, vals, V, lse, out[j], TP_MIN((int64_t)rows[j].n_top, V), rows[j].top,
+                                     &logprob[j], NULL);
             }
         }
     }

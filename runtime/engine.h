@@ -38,6 +38,8 @@ struct engine_row {
     struct sampler *smp;         /* the sequence's sampler (its seeded RNG) */
     const int32_t *history;      /* the sequence's tokens so far (for penalties) */
     int64_t n_history;
+    int n_top;                   /* > 0: the n_top most likely tokens (<= 20) go to top[] (with logprob != NULL) */
+    struct sampler_logprob *top;
 };
 
 struct engine;

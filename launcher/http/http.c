@@ -97,6 +97,40 @@ static json_t *usage_json(const struct hub_job *j) {
                      (json_int_t)j->n_gen, "total_tokens", (json_int_t)(j->n_prompt + j->n_gen));
 }
 
+/* t[0..n) as valid UTF-8 (a token may hold part of a character: each invalid byte becomes
+ * U+FFFD, as the detokenizer does for text), into out (cap >= 3 n + 1); its length. */
+static size_t utf8_clean(const char *t, size_t n, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        const unsigned char c = (unsigned char)t[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = len > 0 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++) ok = ((unsigned char)t[i + k] & 0xC0) == 0x80;
+        if (ok && len == 2) ok = c >= 0xC2;                                    /* overlong */
+        if (ok && len == 3) ok = !(c == 0xE0 && (unsigned char)t[i + 1] < 0xA0) && /* overlong */
+                                 !(c == 0xED && (unsigned char)t[i + 1] >= 0xA0);  /* surrogate */
+        if (ok && len == 4) ok = c <= 0xF4 && !(c == 0xF0 && (unsigned char)t[i + 1] < 0x90) &&
+                                 !(c == 0xF4 && (unsigned char)t[i + 1] >= 0x90);
+        if (ok) {
+            memcpy(out + o, t + i, len);
+            o += len;
+            i += len;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* A token's text for the API: valid UTF-8 in buf (cap >= 769), raw bytes in raw. */
+static size_t token_str(const struct front_model *m, int32_t id, char *buf, char *raw, size_t *n_raw) {
+    *n_raw = front_token_text(m, id, raw, 256);
+    return utf8_clean(raw, *n_raw, buf);
+}
+
 /* The bytes of a token's text as a JSON list (OpenAI's chat logprobs "bytes"). */
 static json_t *bytes_json(const char *t, size_t n) {
     json_t *a = json_array();
@@ -105,32 +139,44 @@ static json_t *bytes_json(const char *t, size_t n) {
 }
 
 /* Logprobs of pieces [from, to) of j: chat's {"content": [...]} or completions'
- * {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. The top alternatives are
- * the sampled token only (the engine reports the chosen token's log-probability). */
+ * {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; the alternatives are the
+ * top-k of the whole-vocabulary distribution (after penalties, temperature 1). */
 static json_t *logprobs_json(const struct front_model *m, const struct hub_job *j, int64_t from, int64_t to, bool chat,
                              int top, size_t text_base) {
-    char buf[256];
+    char buf[800], raw[256], tb[800], traw[256];
+    size_t nr, tnr;
+    const int nt = TP_MIN(top, j->top_logprobs);
     if (chat) {
         json_t *content = json_array();
         for (int64_t i = from; i < to; i++) {
-            size_t n = front_token_text(m, j->pieces[i].token, buf, sizeof buf);
+            size_t n = token_str(m, j->pieces[i].token, buf, raw, &nr);
             json_t *tops = json_array();
-            if (top > 0)
-                json_array_append_new(tops, json_pack("{s:s%, s:f, s:o}", "token", buf, n, "logprob",
-                                                      (double)j->pieces[i].logprob, "bytes", bytes_json(buf, n)));
+            for (int k = 0; k < nt; k++) {
+                const struct sampler_logprob *t = &j->tops[i * j->top_logprobs + k];
+                if (t->id < 0) break;
+                size_t tn = token_str(m, t->id, tb, traw, &tnr);
+                json_array_append_new(tops, json_pack("{s:s%, s:f, s:o}", "token", tb, tn, "logprob", (double)t->logprob,
+                                                      "bytes", bytes_json(traw, tnr)));
+            }
             json_array_append_new(content, json_pack("{s:s%, s:f, s:o, s:o}", "token", buf, n, "logprob",
-                                                     (double)j->pieces[i].logprob, "bytes", bytes_json(buf, n),
+                                                     (double)j->pieces[i].logprob, "bytes", bytes_json(raw, nr),
                                                      "top_logprobs", tops));
         }
         return json_pack("{s:o}", "content", content);
     }
     json_t *toks = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
     for (int64_t i = from; i < to; i++) {
-        size_t n = front_token_text(m, j->pieces[i].token, buf, sizeof buf);
+        size_t n = token_str(m, j->pieces[i].token, buf, raw, &nr);
         json_array_append_new(toks, json_stringn(buf, n));
         json_array_append_new(lps, json_real(j->pieces[i].logprob));
         json_t *t = json_object();
-        if (top > 0) json_object_set_new(t, buf, json_real(j->pieces[i].logprob));
+        for (int k = 0; k < nt; k++) {
+            const struct sampler_logprob *a = &j->tops[i * j->top_logprobs + k];
+            if (a->id < 0) break;
+            token_str(m, a->id, tb, traw, &tnr);
+            /* tokens of the same text share a key: keep the most likely (they come first) */
+            if (!json_object_get(t, tb)) json_object_set_new(t, tb, json_real(a->logprob));
+        }
         json_array_append_new(tops, t);
         json_array_append_new(offs, json_integer((json_int_t)(j->pieces[i].text_off - text_base)));
     }

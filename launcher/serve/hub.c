@@ -94,6 +94,7 @@ static void job_free(struct hub_job *j) {
     for (size_t i = 0; i < j->n_stops; i++) free(j->stops[i]);
     free(j->text);
     free(j->pieces);
+    free(j->tops);
     pthread_mutex_destroy(&j->mu);
     pthread_cond_destroy(&j->cv);
     free(j);
@@ -195,7 +196,16 @@ static void on_event(void *user, const struct sched_event *ev) {
         if (j->n_pieces == j->cap_pieces) {
             int64_t cap = TP_MAX(j->cap_pieces * 2, (int64_t)16);
             struct hub_piece *p = realloc(j->pieces, (size_t)cap * sizeof *p);
-            if (p) j->pieces = p, j->cap_pieces = cap;
+            struct sampler_logprob *t =
+                j->top_logprobs ? realloc(j->tops, (size_t)cap * (size_t)j->top_logprobs * sizeof *t) : NULL;
+            if (p) j->pieces = p;
+            if (t) j->tops = t;
+            if (p && (t || !j->top_logprobs)) j->cap_pieces = cap;
+        }
+        if (j->n_pieces < j->cap_pieces && j->top_logprobs) {
+            struct sampler_logprob *t = j->tops + j->n_pieces * j->top_logprobs;
+            for (int k = 0; k < j->top_logprobs; k++)
+                t[k] = k < ev->n_top && ev->top ? ev->top[k] : (struct sampler_logprob){-1, -INFINITY};
         }
         size_t off = j->text_len;
         if (j->n_pieces < j->cap_pieces && text_append(j, ev->text, ev->len) == 0)
@@ -280,7 +290,8 @@ int hub_run(struct hub *h, struct sched *s, struct engine *en, int64_t plan_budg
             in = in->next;
             struct sched_req q = {.prompt = j->prompt, .n_prompt = j->n_prompt, .max_tokens = j->max_tokens,
                                   .sp = j->sp, .stops = (const char *const *)j->stops, .n_stops = j->n_stops,
-                                  .ignore_eos = j->ignore_eos, .logprobs = j->logprobs};
+                                  .ignore_eos = j->ignore_eos, .logprobs = j->logprobs,
+                                  .top_logprobs = j->top_logprobs};
             tp_err se = {0};
             if (h->n_active == h->cap_active) {
                 int64_t cap = TP_MAX(h->cap_active * 2, (int64_t)64);

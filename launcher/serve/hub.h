@@ -38,6 +38,7 @@ struct hub_job {
     char *stops[HUB_MAX_STOPS]; /* malloc'd */
     size_t n_stops;
     bool ignore_eos, logprobs;
+    int top_logprobs; /* 0..SCHED_MAX_TOP alternatives per token (with logprobs) */
 
     /* the answer, under mu (cv signals every change) */
     pthread_mutex_t mu;
@@ -46,6 +47,7 @@ struct hub_job {
     size_t text_len, text_cap;
     struct hub_piece *pieces;
     int64_t n_pieces, cap_pieces;
+    struct sampler_logprob *tops; /* [cap_pieces][top_logprobs]: piece i's alternatives, most likely first */
     bool accepted;   /* the scheduler took it (its limits checked): the answer is a 200 */
     bool done;
     int status;      /* 0, or the refusal: TP_EINVAL (400), TP_EFIT (queue full: 429), other (500) */

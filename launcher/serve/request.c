@@ -264,12 +264,14 @@ int req_parse(const json_t *root, enum req_kind kind, const struct front_model *
         if (given) {
             if (!j->logprobs) return BAD("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
             x->top_logprobs = (int)v;
+            j->top_logprobs = (int)v;
         }
     } else if (lp && !json_is_null(lp)) {
         if (!json_is_integer(lp) || json_integer_value(lp) < 0 || json_integer_value(lp) > 20)
             return BAD("logprobs", "'logprobs' must be an integer in [0, 20] for completions");
         j->logprobs = true;
         x->top_logprobs = (int)json_integer_value(lp);
+        j->top_logprobs = x->top_logprobs;
     }
 
     /* the prompt last: it is the expensive part */

@@ -29,6 +29,8 @@ struct seq {
     struct stop_matcher *stop;
     struct detok dt;
     bool ignore_eos, logprobs, cancel;
+    int n_top;
+    struct sampler_logprob top[SCHED_MAX_TOP];
     double t_submit, t_start, t_first;
     struct seq *next; /* waiting list */
 };
@@ -216,6 +218,7 @@ int64_t sched_submit(struct sched *s, const struct sched_req *r, sched_cb cb, vo
     q->user = user;
     q->ignore_eos = r->ignore_eos;
     q->logprobs = r->logprobs;
+    q->n_top = r->logprobs ? TP_MAX(0, TP_MIN(r->top_logprobs, SCHED_MAX_TOP)) : 0;
     q->t_submit = now_s();
     q->id = s->next_id++;
     if (s->wait_tail) s->wait_tail->next = q;
@@ -293,7 +296,7 @@ static bool seq_take(struct sched *s, struct seq *q, int32_t t, float lp, enum s
     s->st.gen_tokens++;
     if (q->n_gen == 1) q->t_first = now_s();
     struct sched_event ev = {.kind = SCHED_EV_TOKEN, .id = q->id, .token = t, .logprob = lp, .n_prompt = q->n_prompt,
-                             .n_gen = q->n_gen};
+                             .n_gen = q->n_gen, .top = q->top, .n_top = q->n_top};
     if (!q->ignore_eos && tokenizer_is_eog(s->tok, t)) {
         q->cb(q->user, &ev);
         *why = SCHED_FINISH_EOG;
@@ -357,7 +360,8 @@ int sched_step(struct sched *s, tp_err *e) {
             s->b_row[n_rows] = (int32_t)(n - 1);
             s->b_rs[n_rows] = q;
             s->b_rows[n_rows] = (struct engine_row){.seq = q->slot, .params = &q->smp.p, .smp = &q->smp,
-                                                    .history = q->tok, .n_history = q->n_tok};
+                                                    .history = q->tok, .n_history = q->n_tok, .n_top = q->n_top,
+                                                    .top = q->top};
             n_rows++;
         }
     }
@@ -391,7 +395,8 @@ int sched_step(struct sched *s, tp_err *e) {
             s->b_row[n_rows] = (int32_t)(n - 1);
             s->b_rs[n_rows] = q;
             s->b_rows[n_rows] = (struct engine_row){.seq = slot, .params = &q->smp.p, .smp = &q->smp,
-                                                    .history = q->tok, .n_history = q->n_tok};
+                                                    .history = q->tok, .n_history = q->n_tok, .n_top = q->n_top,
+                                                    .top = q->top};
             n_rows++;
         }
     }

@@ -39,7 +39,9 @@ struct sched_req {
     size_t n_stops;
     bool ignore_eos;
     bool logprobs;            /* report each generated token's log-probability */
+    int top_logprobs;         /* and the this many most likely tokens at each step (0..SCHED_MAX_TOP) */
 };
+#define SCHED_MAX_TOP 20
 
 enum sched_finish {
     SCHED_FINISH_LENGTH = GEN_FINISH_LENGTH, /* max_tokens or the context */
@@ -60,6 +62,8 @@ struct sched_event {
     uint64_t id;
     int32_t token;
     float logprob;
+    const struct sampler_logprob *top; /* n_top most likely tokens of this step (logprobs asked) */
+    int n_top;
     const char *text;         /* not NUL-terminated; valid during the call */
     size_t len;
     enum sched_finish finish;

@@ -61,7 +61,7 @@ def basic(c, srv, model, tp, quick):
     # greedy completion = tpllm generate, text and tokens
     want_text, want_toks = generate(model, PROMPTS[0], 24, "--temp", "0", "--ignore-eos", np=tp)
     r = cl.completions.create(model=name, prompt=PROMPTS[0], max_tokens=24, temperature=0,
-                              extra_body={"ignore_eos": True}, logprobs=1)
+                              extra_body={"ignore_eos": True}, logprobs=3)
     c.ok(r.choices[0].text == want_text, f"tp={tp}: greedy completion equals `tpllm generate`",
          f"{r.choices[0].text!r} vs {want_text!r}")
     c.ok(r.usage.completion_tokens == 24 and r.choices[0].finish_reason == "length",
@@ -69,6 +69,11 @@ def basic(c, srv, model, tp, quick):
     lp = r.choices[0].logprobs
     c.ok(lp is not None and len(lp.token_logprobs) == 24 and all(x <= 0 for x in lp.token_logprobs),
          f"tp={tp}: logprobs: 24 log-probabilities <= 0")
+    # greedy: the chosen token is the most likely, so it leads its top_logprobs
+    c.ok(lp is not None and all(1 <= len(t) <= 3 and abs(max(t.values()) - x) < 1e-6
+                                for t, x in zip(lp.top_logprobs, lp.token_logprobs)),
+         f"tp={tp}: top_logprobs: up to 3 alternatives per token, led by the greedy choice",
+         [(t, x) for t, x in zip(lp.top_logprobs, lp.token_logprobs) if not (1 <= len(t) <= 3 and abs(max(t.values()) - x) < 1e-6)] if lp else None)
 
     # streaming gives the same text, then usage, then [DONE] (curl below)
     s = cl.completions.create(model=name, prompt=PROMPTS[0], max_tokens=24, temperature=0, stream=True,
@@ -110,6 +115,12 @@ def basic(c, srv, model, tp, quick):
                                    temperature=0, extra_body={"ignore_eos": True})
     c.ok(r.choices[0].message.content == want_chat and r.choices[0].message.role == "assistant",
          f"tp={tp}: chat completion equals `tpllm generate --chat`", (r.choices[0].message.content, want_chat))
+    r = cl.chat.completions.create(model=name, messages=[{"role": "user", "content": "Say hi"}], max_tokens=6,
+                                   temperature=0, logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
+    cont = r.choices[0].logprobs.content if r.choices[0].logprobs else []
+    c.ok(len(cont) == 6 and all(len(x.top_logprobs) == 2 and abs(x.top_logprobs[0].logprob - x.logprob) < 1e-6 and
+                                x.top_logprobs[0].logprob >= x.top_logprobs[1].logprob for x in cont),
+         f"tp={tp}: chat logprobs with top_logprobs=2", (len(cont), [x for x in cont if not (len(x.top_logprobs) == 2 and abs(x.top_logprobs[0].logprob - x.logprob) < 1e-6 and x.top_logprobs[0].logprob >= x.top_logprobs[1].logprob)]))
     s = cl.chat.completions.create(model=name, messages=[{"role": "user", "content": "Say hi"}], max_tokens=12,
                                    temperature=0, stream=True, extra_body={"ignore_eos": True})
     text = "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices)
