@@ -55,7 +55,7 @@ models/gemma-3-270m-q4_k_m.gguf: pydeps
 test-sanitize: deps models
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DTPLLM_SANITIZE=ON -DTPLLM_CUDA=OFF
 	cmake --build $(BUILD)-asan -j$(JOBS)
-	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest -L unit --output-on-failure --timeout 900
+	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest -L 'unit|hostile' --output-on-failure --timeout 900
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-asan
