@@ -17,6 +17,7 @@ static const struct command commands[] = {
     {"verify", cmd_verify, "compare the job (its TP size, its backend) with a one-rank CPU reference"},
     {"plan", cmd_plan, "per-rank shard table and memory plan, from the GGUF header alone"},
     {"generate", cmd_generate, "generate text from a prompt (tensor-parallel under mpirun)"},
+    {"bench", cmd_bench, "throughput sweeps: prompt processing and batched decode (llama-bench style), checked"},
     {"serve", cmd_serve, "serve the model to many clients: OpenAI-compatible HTTP (+ ZeroMQ), continuous batching"},
 };
 

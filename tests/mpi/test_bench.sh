@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# test_bench.sh - `tpllm bench`: the sweep runs at tp = 1 and 2, every figure is a positive
+# tok/s with its stddev, decode rows carry a roofline, --json parses, --csv has its header,
+# and bad lists are clear errors. Speeds are not asserted (shared machines are noisy).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=${TPLLM_BIN:-$root/build/tpllm}
+py=$root/.pydeps/bin/python
+[ -x "$py" ] || py=python3
+command -v mpirun >/dev/null 2>&1 || { echo "skipped: no mpirun"; exit 77; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail=0
+"$bin" synth --arch llama --dim 256 --layers 2 --heads 4 --kv-heads 2 --ff 512 --vocab 1000 --type q4_0 --seed 4 \
+    -o "$work/m.gguf" >/dev/null
+for tp in 1 2; do
+    if ! "$here/mpirun.sh" -np "$tp" "$bin" bench -m "$work/m.gguf" -p 32,128 -n 16 -b 1,3 -r 2 --threads 1 --json \
+        >"$work/b$tp.json" 2>"$work/b$tp.err"; then
+        echo "FAIL: bench at tp=$tp"; cat "$work/b$tp.err"; fail=1; continue
+    fi
+    if "$py" - "$work/b$tp.json" "$tp" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["tp"] == int(sys.argv[2]), d["tp"]
+names = [r["test"] for r in d["results"]]
+assert names == ["pp32", "pp128", "tg16@b1", "tg16@b3"], names
+for r in d["results"]:
+    assert r["tok_s"] > 0 and r["stddev"] >= 0 and r["repeat"] == 2, r
+    assert (r["roofline_tok_s"] > 0) == r["test"].startswith("tg"), r
+print(f"tp={sys.argv[2]}: " + ", ".join(f"{r['test']} {r['tok_s']:.0f} tok/s" for r in d["results"]))
+PY
+    then :; else echo "FAIL: bench --json at tp=$tp"; cat "$work/b$tp.json"; fail=1; fi
+done
+"$bin" bench -m "$work/m.gguf" -p 16 -n 4 -r 1 --threads 1 --csv -q >"$work/b.csv" 2>/dev/null || { echo "FAIL: --csv"; fail=1; }
+head -1 "$work/b.csv" | grep -q '^model,tp,backend,test,' || { echo "FAIL: csv header"; cat "$work/b.csv"; fail=1; }
+"$bin" bench -m "$work/m.gguf" -p 16 -n 4 -r 1 --threads 1 -q >"$work/b.md" 2>/dev/null || { echo "FAIL: markdown"; fail=1; }
+grep -q '| test | t/s |' "$work/b.md" || { echo "FAIL: markdown table"; cat "$work/b.md"; fail=1; }
+if "$bin" bench -m "$work/m.gguf" -b 0 >/dev/null 2>"$work/err"; then echo "FAIL: -b 0 accepted"; fail=1; fi
+grep -q "integers in \[1, 1024\]" "$work/err" || { echo "FAIL: -b 0 message"; cat "$work/err"; fail=1; }
+if "$bin" bench -m "$work/m.gguf" -p 1,x >/dev/null 2>"$work/err"; then echo "FAIL: -p 1,x accepted"; fail=1; fi
+grep -q "comma-separated list" "$work/err" || { echo "FAIL: -p message"; cat "$work/err"; fail=1; }
+[ "$fail" = 0 ] && echo "bench: sweeps at tp=1,2, json, csv, markdown, errors checked"
+exit $fail
