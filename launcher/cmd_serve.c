@@ -273,7 +273,7 @@ int cmd_serve(int argc, char **argv) {
             signal(SIGPIPE, SIG_IGN);
             fprintf(stderr, "tpllm serve: serving http://%s:%d%s%s (model '%s', tp=%d, %lld sequences per batch, %lld KV "
                     "blocks of %lld tokens per rank; pid %d: SIGTERM stops it)\n", a.ho.host, http_port(http),
-                    zf ? " and " : "", zf ? a.zmq : "", name, b.size, (long long)engine_max_seqs(b.engine), (long long)engine_n_blocks(b.engine),
+                    zf ? " and " : "", zf ? zmq_front_endpoint(zf) : "", name, b.size, (long long)engine_max_seqs(b.engine), (long long)engine_n_blocks(b.engine),
                     (long long)engine_block_size(b.engine), (int)getpid());
             rc = hub_run(hub, s, b.engine, b.track.budget, &e);
             if (rc == TP_ECOMM) {

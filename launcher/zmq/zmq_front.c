@@ -26,6 +26,9 @@
 #define RECV_PER_TURN 64
 #define PIECES_PER_COPY 32
 #define HARD_MAX_MSG (16 << 20) /* libzmq drops peers that send more (ZMQ_MAXMSGSIZE) */
+#ifndef ZMQ_FRONT_SNDHWM
+#define ZMQ_FRONT_SNDHWM 100000 /* messages queued per client before sends wait (EAGAIN) */
+#endif
 
 /* Where a reply goes: the client's identity, and whether it used an empty delimiter
  * frame (REQ-style envelope) that the reply repeats. */
@@ -224,6 +227,21 @@ static json_t *end_event(const struct zjob *s, const struct job_end *d, const ch
     return o;
 }
 
+/* A token's alternatives: [{"token", "text", "logprob"}], most likely first. */
+static json_t *top_json(const struct zmq_front *z, const struct sampler_logprob *t, int n) {
+    json_t *a = json_array();
+    char buf[256];
+    for (int k = 0; k < n && t[k].id >= 0; k++) {
+        size_t len = front_token_text(z->m, t[k].id, buf, sizeof buf);
+        json_t *o = json_object();
+        json_object_set_new(o, "token", json_integer(t[k].id));
+        json_object_set_new(o, "text", jstr(buf, len));
+        json_object_set_new(o, "logprob", jnum(t[k].logprob));
+        json_array_append_new(a, o);
+    }
+    return a;
+}
+
 /* Sends what is new in job s; frees the slot once its end is sent (or its client is gone). */
 static void stream_job(struct zmq_front *z, struct zjob *s) {
     struct hub_job *j = s->j;
@@ -236,11 +254,16 @@ static void stream_job(struct zmq_front *z, struct zjob *s) {
     }
     for (;;) {
         struct hub_piece p[PIECES_PER_COPY];
+        struct sampler_logprob tops[PIECES_PER_COPY * SCHED_MAX_TOP];
+        const int nt = TP_MAX(0, TP_MIN(j->top_logprobs, SCHED_MAX_TOP));
         struct job_end d;
         bool end = false;
         pthread_mutex_lock(&j->mu);
         const int64_t k = TP_MIN(j->n_pieces - s->sent, (int64_t)PIECES_PER_COPY);
         if (k > 0) memcpy(p, j->pieces + s->sent, (size_t)k * sizeof *p);
+        if (k > 0 && nt > 0) /* j->tops is [piece][j->top_logprobs] */
+            for (int64_t i = 0; i < k; i++)
+                memcpy(tops + i * nt, j->tops + (s->sent + i) * j->top_logprobs, (size_t)nt * sizeof *tops);
         const size_t start = k > 0 ? p[0].text_off : s->text_sent;
         size_t stop = k > 0 ? p[k - 1].text_off + p[k - 1].text_len : start;
         if (j->done && s->sent + k == j->n_pieces) {
@@ -270,6 +293,7 @@ static void stream_job(struct zmq_front *z, struct zjob *s) {
             json_object_set_new(o, "text", p[i].text_len ? jstr(z->buf + (p[i].text_off - start), p[i].text_len)
                                                          : json_string(""));
             if (j->logprobs) json_object_set_new(o, "logprob", jnum(p[i].logprob));
+            if (j->logprobs && nt > 0) json_object_set_new(o, "top_logprobs", top_json(z, tops + i * nt, nt));
             int err = send_json(z, &s->to, o);
             if (err == EHOSTUNREACH) {
                 drop_client(z, &s->to);
@@ -531,7 +555,7 @@ int zmq_front_start(struct zmq_front **out, const char *endpoint, struct hub *h,
         front_free(z);
         return tp_errf(e, TP_EIO, "cannot create a ZeroMQ ROUTER socket: %s", zmq_strerror(err));
     }
-    const int one = 1, zero = 0, sndhwm = 100000;
+    const int one = 1, zero = 0, sndhwm = ZMQ_FRONT_SNDHWM;
     const int64_t maxmsg = HARD_MAX_MSG;
     zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(z->sock, ZMQ_LINGER, &zero, sizeof zero);
