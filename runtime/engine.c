@@ -14,6 +14,12 @@ enum step_cmd { CMD_STEP = 1, CMD_SCORE = 2, CMD_LOGITS = 3, CMD_SHUTDOWN = 4, C
 struct step_hdr {
     int32_t cmd;
     int32_t n_tok, n_seq, max_blocks, n_rows, n_hist;
+    int32_t n_delta; /* block-table changes since the last step; -1: the whole tables follow */
+};
+
+/* One change of a block table: sequence slot seq's logical block idx is now blk (-1: none). */
+struct tbl_delta {
+    int32_t seq, idx, blk;
 };
 
 /* Per-row penalty request inside the payload. */
@@ -42,7 +48,10 @@ struct engine {
     /* coordinator: block allocator and per-sequence block tables */
     int32_t *free_blocks;
     int64_t n_free;
-    int32_t *tables;         /* [max_seqs][max_blocks_seq], -1 = none */
+    int32_t *tables;         /* [max_seqs][max_blocks_seq], -1 = none (workers: a mirror kept by the deltas) */
+    struct tbl_delta *dlog;  /* rank 0: changes of `tables` not yet sent to the workers */
+    int64_t n_dlog, dlog_cap;
+    bool dlog_full;          /* more changes than dlog holds: the next step sends the whole tables */
     int64_t *seq_blocks;     /* blocks held per sequence */
     bool *seq_used;
     /* step payload (both sides) */
@@ -70,9 +79,24 @@ static int bcast(struct engine *en, void *buf, size_t bytes, tp_err *e) {
     return comm_bcast(en->comm, buf, bytes, 0, e);
 }
 
+/* The payload a step broadcasts: per token slot, token, position, sequence; per row
+ * index, target and penalties; the penalty histories; the step's sequence slots and the
+ * block-table changes (n_delta of them, or the whole tables: n_delta -1). Behind it, not
+ * sent, each rank assembles the step's tables from its own copy. */
+static size_t payload_sent_bytes(int64_t n_tok, int64_t n_seq, int64_t n_rows, int64_t n_hist, int64_t n_delta,
+                                 int64_t all_tables) {
+    return (size_t)n_tok * (3 * sizeof(int32_t) + sizeof(int64_t)) +
+           (size_t)n_rows * (2 * sizeof(int32_t) + sizeof(struct row_pen)) + (size_t)n_hist * sizeof(int32_t) +
+           (size_t)n_seq * sizeof(int32_t) +
+           (n_delta >= 0 ? (size_t)n_delta * sizeof(struct tbl_delta) : (size_t)all_tables * sizeof(int32_t)) + 64;
+}
+
 static size_t payload_bytes(int64_t n_tok, int64_t n_seq, int64_t max_blocks, int64_t n_rows, int64_t n_hist) {
-    return (size_t)n_tok * (3 * sizeof(int32_t) + sizeof(int64_t)) + (size_t)(n_seq * max_blocks) * sizeof(int32_t) +
-           (size_t)n_rows * (2 * sizeof(int32_t) + sizeof(struct row_pen)) + (size_t)n_hist * sizeof(int32_t) + 64;
+    /* room for the larger of the two table encodings, and the step's own tables */
+    const int64_t all = n_seq * max_blocks;
+    return payload_sent_bytes(n_tok, n_seq, n_rows, n_hist, 0, 0) +
+           TP_MAX((size_t)all * sizeof(int32_t), (size_t)all * sizeof(struct tbl_delta)) +
+           (size_t)all * sizeof(int32_t) + 64;
 }
 
 size_t engine_host_bytes(const struct engine_opts *o, int64_t n_vocab_l, int tp) {
@@ -140,11 +164,13 @@ int engine_create(struct engine **out, struct model *m, struct comm *comm, const
     memtrack_note(m->be->track, MEM_COMM, en->host_bytes);
     {
         /* block tables live on every rank so that every rank plans the same memory */
+        en->dlog_cap = o->max_seqs * en->max_blocks_seq;
+        en->dlog = malloc((size_t)en->dlog_cap * sizeof *en->dlog);
         en->free_blocks = malloc((size_t)en->o.n_blocks * sizeof(int32_t));
         en->tables = malloc((size_t)(o->max_seqs * en->max_blocks_seq) * sizeof(int32_t));
         en->seq_blocks = calloc((size_t)o->max_seqs, sizeof(int64_t));
         en->seq_used = calloc((size_t)o->max_seqs, sizeof(bool));
-        if (!en->free_blocks || !en->tables || !en->seq_blocks || !en->seq_used) {
+        if (!en->free_blocks || !en->tables || !en->seq_blocks || !en->seq_used || !en->dlog) {
             rc = tp_errf(e, TP_ENOMEM, "out of host memory for the block tables");
             goto error;
         }
@@ -178,6 +204,7 @@ void engine_free(struct engine *en) {
     free(en->m_vals);
     free(en->free_blocks);
     free(en->tables);
+    free(en->dlog);
     free(en->seq_blocks);
     free(en->seq_used);
     free(en);
@@ -191,6 +218,16 @@ int64_t engine_max_batch(const struct engine *en) { return en->o.max_batch_token
 int64_t engine_max_seqs(const struct engine *en) { return en->o.max_seqs; }
 int engine_n_cand(const struct engine *en) { return en->o.n_cand; }
 int engine_rank(const struct engine *en) { return en->rank; }
+
+/* Rank 0: remember a table change for the workers (sent with the next step). */
+static void dlog_add(struct engine *en, int seq, int64_t idx, int32_t blk) {
+    if (en->tp == 1) return;
+    if (en->n_dlog == en->dlog_cap || tp_fault("table_full_sync", 0)) {
+        en->dlog_full = true; /* the next step carries the whole tables instead */
+        return;
+    }
+    en->dlog[en->n_dlog++] = (struct tbl_delta){seq, (int32_t)idx, blk};
+}
 
 int engine_seq_reserve(struct engine *en, int seq, int64_t n_tokens, tp_err *e) {
     if (seq < 0 || seq >= en->o.max_seqs || !en->seq_used[seq])
@@ -206,7 +243,10 @@ int engine_seq_reserve(struct engine *en, int seq, int64_t n_tokens, tp_err *e) 
         return tp_errf(e, TP_ENOMEM, "no free KV blocks: need %lld more, %lld free", (long long)(need - have),
                        (long long)en->n_free);
     int32_t *t = en->tables + (int64_t)seq * en->max_blocks_seq;
-    for (int64_t b = have; b < need; b++) t[b] = en->free_blocks[--en->n_free];
+    for (int64_t b = have; b < need; b++) {
+        t[b] = en->free_blocks[--en->n_free];
+        dlog_add(en, seq, b, t[b]);
+    }
     if (need > have) en->seq_blocks[seq] = need;
     return 0;
 }
@@ -231,6 +271,7 @@ void engine_seq_close(struct engine *en, int seq) {
     for (int64_t b = en->seq_blocks[seq] - 1; b >= 0; b--) {
         en->free_blocks[en->n_free++] = t[b];
         t[b] = -1;
+        dlog_add(en, seq, b, -1);
     }
     en->seq_blocks[seq] = 0;
     en->seq_used[seq] = false;
@@ -238,7 +279,8 @@ void engine_seq_close(struct engine *en, int seq) {
 
 /* Views of the payload's arrays, laid out in this order. */
 struct step_view {
-    int32_t *tokens, *pos, *seq, *tables, *rows, *targets, *history;
+    int32_t *tokens, *pos, *seq, *tables, *rows, *targets, *history, *seq_ids;
+    uint8_t *deltas;
     int64_t *slots;
     struct row_pen *pen;
 };
@@ -255,13 +297,58 @@ static void view_of(struct engine *en, const struct step_hdr *h, struct step_vie
     p += (size_t)h->n_tok * sizeof(int32_t);
     v->seq = (int32_t *)p;
     p += (size_t)h->n_tok * sizeof(int32_t);
-    v->tables = (int32_t *)p;
-    p += (size_t)(h->n_seq * h->max_blocks) * sizeof(int32_t);
     v->rows = (int32_t *)p;
     p += (size_t)h->n_rows * sizeof(int32_t);
     v->targets = (int32_t *)p;
     p += (size_t)h->n_rows * sizeof(int32_t);
     v->history = (int32_t *)p;
+    p += (size_t)h->n_hist * sizeof(int32_t);
+    v->seq_ids = (int32_t *)p;
+    p += (size_t)h->n_seq * sizeof(int32_t);
+    v->deltas = p; /* tbl_delta[n_delta], or int32 tables[max_seqs][max_blocks] when n_delta < 0 */
+    /* not sent: the step's tables, after the largest table encoding */
+    const int64_t all = en->o.max_seqs * en->max_blocks_seq;
+    p += TP_MAX((size_t)all * sizeof(int32_t), (size_t)all * sizeof(struct tbl_delta));
+    v->tables = (int32_t *)p;
+}
+
+/* Bytes of the payload buffer a step with header h uses (what view_of lays out). */
+static size_t payload_need(const struct engine *en, const struct step_hdr *h) {
+    const int64_t all = en->o.max_seqs * en->max_blocks_seq;
+    return payload_sent_bytes(h->n_tok, h->n_seq, h->n_rows, h->n_hist, 0, 0) +
+           TP_MAX((size_t)all * sizeof(int32_t), (size_t)all * sizeof(struct tbl_delta)) +
+           (size_t)h->n_seq * (size_t)en->max_blocks_seq * sizeof(int32_t);
+}
+
+/* Bytes of h's payload that are broadcast. */
+static size_t sent_bytes(const struct engine *en, const struct step_hdr *h) {
+    return payload_sent_bytes(h->n_tok, h->n_seq, h->n_rows, h->n_hist, h->n_delta, en->o.max_seqs * en->max_blocks_seq);
+}
+
+/* Workers: apply the step's table changes to this rank's copy, then assemble the step's
+ * tables (rank 0 assembles them from its own). */
+static int tables_for_step(struct engine *en, const struct step_hdr *h, const struct step_view *v, tp_err *e) {
+    const int64_t mb = en->max_blocks_seq, all = en->o.max_seqs * mb;
+    if (en->rank != 0) {
+        if (h->n_delta < 0) {
+            memcpy(en->tables, v->deltas, (size_t)all * sizeof(int32_t));
+        } else {
+            for (int32_t i = 0; i < h->n_delta; i++) {
+                struct tbl_delta d;
+                memcpy(&d, v->deltas + (size_t)i * sizeof d, sizeof d);
+                if (d.seq < 0 || d.seq >= en->o.max_seqs || d.idx < 0 || d.idx >= mb || d.blk < -1 ||
+                    d.blk >= en->o.n_blocks)
+                    return tp_errf(e, TP_ECOMM, "rank %d received an invalid block-table change", en->rank);
+                en->tables[(int64_t)d.seq * mb + d.idx] = d.blk;
+            }
+        }
+    }
+    for (int32_t k = 0; k < h->n_seq; k++) {
+        const int32_t s = v->seq_ids[k];
+        if (s < 0 || s >= en->o.max_seqs) return tp_errf(e, TP_ECOMM, "rank %d received an invalid sequence slot", en->rank);
+        memcpy(v->tables + (int64_t)k * mb, en->tables + (int64_t)s * mb, (size_t)mb * sizeof(int32_t));
+    }
+    return 0;
 }
 
 /* Rank 0: fill the header and payload for a step; sequences are renumbered 0..n_seq-1
@@ -296,12 +383,15 @@ static int build_step(struct engine *en, struct step_hdr *h, struct step_view *v
         }
     }
     h->n_seq = (int32_t)n_seq;
-    if (payload_bytes(n_tok, n_seq, h->max_blocks, n_rows, n_hist) > en->payload_cap)
+    h->n_delta = en->dlog_full ? -1 : (int32_t)en->n_dlog;
+    if (payload_need(en, h) > en->payload_cap)
         return tp_errf(e, TP_EINVAL, "step descriptor too large");
     view_of(en, h, v);
-    for (int64_t k = 0; k < n_seq; k++)
-        memcpy(v->tables + k * h->max_blocks, en->tables + (int64_t)map[k] * en->max_blocks_seq,
-               (size_t)h->max_blocks * sizeof(int32_t));
+    for (int64_t k = 0; k < n_seq; k++) v->seq_ids[k] = map[k];
+    if (h->n_delta < 0) memcpy(v->deltas, en->tables, (size_t)(en->o.max_seqs * en->max_blocks_seq) * sizeof(int32_t));
+    else memcpy(v->deltas, en->dlog, (size_t)en->n_dlog * sizeof *en->dlog);
+    int rct = tables_for_step(en, h, v, e);
+    if (rct) return rct;
     for (int64_t i = 0; i < n_tok; i++) {
         int64_t k;
         for (k = 0; k < n_seq; k++)
@@ -610,7 +700,9 @@ static int coordinate(struct engine *en, int cmd, int64_t n_tok, const int32_t *
     int rc = build_step(en, &h, &v, cmd, n_tok, tokens, pos, seq, n_rows, row_idx, rows, targets, e);
     if (rc) return rc; /* nothing was sent: workers still wait for a valid command */
     if ((rc = bcast(en, &h, sizeof h, e))) return rc;
-    if ((rc = bcast(en, en->payload, payload_bytes(h.n_tok, h.n_seq, h.max_blocks, h.n_rows, h.n_hist), e))) return rc;
+    if ((rc = bcast(en, en->payload, sent_bytes(en, &h), e))) return rc;
+    en->n_dlog = 0; /* the workers have the changes now */
+    en->dlog_full = false;
     return execute(en, &h, rows, out, logprob, nll, logits_out, e);
 }
 
@@ -684,9 +776,12 @@ int engine_worker_loop(struct engine *en, tp_err *e) {
         }
         if (h.n_tok < 1 || h.n_tok > en->o.max_batch_tokens || h.n_rows < 0 || h.n_rows > en->rs.max_logits ||
             h.n_seq < 0 || h.n_seq > en->o.max_seqs || h.max_blocks != en->max_blocks_seq || h.n_hist < 0 ||
-            payload_bytes(h.n_tok, h.n_seq, h.max_blocks, h.n_rows, h.n_hist) > en->payload_cap)
+            h.n_delta < -1 || h.n_delta > en->dlog_cap || payload_need(en, &h) > en->payload_cap)
             return tp_errf(e, TP_ECOMM, "rank %d received an invalid step descriptor (cmd %d, %d tokens)", en->rank, h.cmd, h.n_tok);
-        if ((rc = bcast(en, en->payload, payload_bytes(h.n_tok, h.n_seq, h.max_blocks, h.n_rows, h.n_hist), e))) return rc;
+        if ((rc = bcast(en, en->payload, sent_bytes(en, &h), e))) return rc;
+        struct step_view v;
+        view_of(en, &h, &v);
+        if ((rc = tables_for_step(en, &h, &v, e))) return rc;
         if ((rc = execute(en, &h, NULL, NULL, NULL, NULL, NULL, e))) return rc;
     }
 }

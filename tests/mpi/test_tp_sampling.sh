@@ -63,6 +63,13 @@ for cfg in "${configs[@]}"; do
     check "synth$i" "$work/synth.gguf" "$cfg" 1 2 3 4
     i=$((i + 1))
 done
+# the workers keep their block tables from the changes each step carries; the fallback
+# that sends the whole tables (more changes than fit) must give the same tokens
+ref=$(run fsA "$work/synth.gguf" 1 "${configs[3]}") || fail=1
+got=$(TPLLM_FAULT=table_full_sync run fsB "$work/synth.gguf" 3 "${configs[3]}" 2>/dev/null) || true
+if [ -z "$got" ] || [ "$got" != "$ref" ]; then echo "FAIL: whole-table sync at tp=3 differs: $got vs $ref"; fail=1; else
+    echo "whole-table sync (TPLLM_FAULT=table_full_sync) at tp=3: same tokens"; fi
+
 # two seeds must give two different texts, or the test could not tell seeds apart
 a=$(run seedA "$work/synth.gguf" 1 "--temp 1.0 --top-k 0 --min-p 0 --seed 1") || fail=1
 b=$(run seedB "$work/synth.gguf" 1 "--temp 1.0 --top-k 0 --min-p 0 --seed 2") || fail=1
