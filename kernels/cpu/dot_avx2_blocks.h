@@ -22,11 +22,6 @@ A2I __m256i a2_bits_to_0x10(uint32_t h) {
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
-A2I uint32_t a2_u32(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 struct a2_tok32 {
     const int8_t *q;
@@ -39,41 +34,10 @@ struct a2_tok32 {
  * dwv = dA x4, dB x4; mw = (mA, mB) for Q4_1/Q5_1. */
 A2I void w32_pair_unpack(const enum dtype T, const void *w, int64_t i, const bool one, __m256i *lo, __m256i *hi,
                          __m256 *dwv, __m128 *mw) {
-    uint16_t dA, dB = 0, mA = 0, mB = 0;
-    const uint8_t *qa, *qb = NULL;
-    uint32_t ha = 0, hb = 0;
-    switch (T) {
-    case DTYPE_Q4_0: {
-        const blk_q4_0 *x = (const blk_q4_0 *)w + i;
-        dA = x[0].d, qa = x[0].qs;
-        if (!one) dB = x[1].d, qb = x[1].qs;
-        break;
-    }
-    case DTYPE_Q4_1: {
-        const blk_q4_1 *x = (const blk_q4_1 *)w + i;
-        dA = x[0].d, mA = x[0].m, qa = x[0].qs;
-        if (!one) dB = x[1].d, mB = x[1].m, qb = x[1].qs;
-        break;
-    }
-    case DTYPE_Q5_0: {
-        const blk_q5_0 *x = (const blk_q5_0 *)w + i;
-        dA = x[0].d, qa = x[0].qs, ha = a2_u32(x[0].qh);
-        if (!one) dB = x[1].d, qb = x[1].qs, hb = a2_u32(x[1].qh);
-        break;
-    }
-    case DTYPE_Q5_1: {
-        const blk_q5_1 *x = (const blk_q5_1 *)w + i;
-        dA = x[0].d, mA = x[0].m, qa = x[0].qs, ha = a2_u32(x[0].qh);
-        if (!one) dB = x[1].d, mB = x[1].m, qb = x[1].qs, hb = a2_u32(x[1].qh);
-        break;
-    }
-    default: {
-        const blk_q8_0 *x = (const blk_q8_0 *)w + i;
-        dA = x[0].d, qa = (const uint8_t *)x[0].qs;
-        if (!one) dB = x[1].d, qb = (const uint8_t *)x[1].qs;
-        break;
-    }
-    }
+    const struct qb_pair f = qb_pair_fields(T, w, i, one);
+    const uint16_t dA = f.dA, dB = f.dB, mA = f.mA, mB = f.mB;
+    const uint8_t *qa = f.qa, *qb = f.qb;
+    const uint32_t ha = f.ha, hb = f.hb;
     const __m128i z = _mm_setzero_si128();
     if (T == DTYPE_Q8_0) {
         *lo = _mm256_set_m128i(one ? z : _mm_loadu_si128((const __m128i *)qb), _mm_loadu_si128((const __m128i *)qa));
@@ -171,13 +135,7 @@ A2I void k_finish(const int NT, const struct a2_tokK *tk, int64_t i, float d, co
 /* The 6-bit scales and mins of a Q4_K/Q5_K super-block: bytes 0..7 scales, 8..15 mins. */
 A2I __m128i a2_k4_scales(const uint8_t *s) {
     uint32_t u[4];
-    memcpy(u, s, 12);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4); /* mins 4..7 */
-    const uint32_t mins03 = u[1] & m6;
-    u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4); /* scales 4..7 */
-    u[2] = mins03;
-    u[0] &= m6; /* scales 0..3 */
+    qb_k4_scale_words(s, u);
     /* from registers: a 16-byte load of the four 4-byte stores would stall (no forwarding) */
     return _mm_set_epi64x((int64_t)((uint64_t)u[3] << 32 | u[2]), (int64_t)((uint64_t)u[1] << 32 | u[0]));
 }

@@ -59,17 +59,8 @@ A2_KERNEL(a2_dot_q6_K, q6k_body)
 
 /* Q3_K scales as 16 signed bytes (the 6-bit fields minus 32). */
 A2I __m128i a2_q3k_scales(const uint8_t *s) {
-    uint32_t u[3];
-    memcpy(u, s, 12);
-    const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    /* word k of the result holds scales 4k..4k+3: low nibbles from bytes 0..7 (k < 2) or
-     * their high nibbles (k >= 2), top bits from byte 8 + j%4 at shift 2*(j/4) = 2k */
-    uint32_t r[4] = {
-        (u[0] & m4) | (((u[2] >> 0) & m2) << 4),
-        (u[1] & m4) | (((u[2] >> 2) & m2) << 4),
-        ((u[0] >> 4) & m4) | (((u[2] >> 4) & m2) << 4),
-        ((u[1] >> 4) & m4) | (((u[2] >> 6) & m2) << 4),
-    };
+    uint32_t r[4];
+    qb_q3k_scale_words(s, r);
     const __m128i v = _mm_set_epi64x((int64_t)((uint64_t)r[3] << 32 | r[2]), (int64_t)((uint64_t)r[1] << 32 | r[0]));
     return _mm_sub_epi8(v, _mm_set1_epi8(32));
 }

@@ -76,11 +76,6 @@ A5I float a5_hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-A5I uint32_t a5_u32(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 #define A5_KERNEL(name, body) KDOT_KERNEL(A5, name, body)
 
@@ -97,41 +92,10 @@ struct a5_tok32 {
  * mw = (mA, mB) for Q4_1/Q5_1. */
 A5I void a5_w32_unpack(const enum dtype T, const void *w, int64_t i, const bool one, __m256i *lo, __m256i *hi,
                        __m256 *dwv, __m128 *mw) {
-    uint16_t dA, dB = 0, mA = 0, mB = 0;
-    const uint8_t *qa, *qb = NULL;
-    uint32_t ha = 0, hb = 0;
-    switch (T) {
-    case DTYPE_Q4_0: {
-        const blk_q4_0 *x = (const blk_q4_0 *)w + i;
-        dA = x[0].d, qa = x[0].qs;
-        if (!one) dB = x[1].d, qb = x[1].qs;
-        break;
-    }
-    case DTYPE_Q4_1: {
-        const blk_q4_1 *x = (const blk_q4_1 *)w + i;
-        dA = x[0].d, mA = x[0].m, qa = x[0].qs;
-        if (!one) dB = x[1].d, mB = x[1].m, qb = x[1].qs;
-        break;
-    }
-    case DTYPE_Q5_0: {
-        const blk_q5_0 *x = (const blk_q5_0 *)w + i;
-        dA = x[0].d, qa = x[0].qs, ha = a5_u32(x[0].qh);
-        if (!one) dB = x[1].d, qb = x[1].qs, hb = a5_u32(x[1].qh);
-        break;
-    }
-    case DTYPE_Q5_1: {
-        const blk_q5_1 *x = (const blk_q5_1 *)w + i;
-        dA = x[0].d, mA = x[0].m, qa = x[0].qs, ha = a5_u32(x[0].qh);
-        if (!one) dB = x[1].d, mB = x[1].m, qb = x[1].qs, hb = a5_u32(x[1].qh);
-        break;
-    }
-    default: {
-        const blk_q8_0 *x = (const blk_q8_0 *)w + i;
-        dA = x[0].d, qa = (const uint8_t *)x[0].qs;
-        if (!one) dB = x[1].d, qb = (const uint8_t *)x[1].qs;
-        break;
-    }
-    }
+    const struct qb_pair f = qb_pair_fields(T, w, i, one);
+    const uint16_t dA = f.dA, dB = f.dB, mA = f.mA, mB = f.mB;
+    const uint8_t *qa = f.qa, *qb = f.qb;
+    const uint32_t ha = f.ha, hb = f.hb;
     const __m128i z = _mm_setzero_si128();
     if (T == DTYPE_Q8_0) {
         *lo = _mm256_set_m128i(one ? z : _mm_loadu_si128((const __m128i *)qb), _mm_loadu_si128((const __m128i *)qa));
@@ -268,27 +232,14 @@ A5I __m256 a5_k_finish(__m256 acc, float d, float dy, __m256i lanes) {
  * (a2_k4_scales of dot_avx2_blocks.h). */
 A5I __m128i a5_k4_scales(const uint8_t *s) {
     uint32_t u[4];
-    memcpy(u, s, 12);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4); /* mins 4..7 */
-    const uint32_t mins03 = u[1] & m6;
-    u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4); /* scales 4..7 */
-    u[2] = mins03;
-    u[0] &= m6; /* scales 0..3 */
+    qb_k4_scale_words(s, u);
     return _mm_set_epi64x((int64_t)((uint64_t)u[3] << 32 | u[2]), (int64_t)((uint64_t)u[1] << 32 | u[0]));
 }
 
 /* Q3_K scales as 16 signed bytes (a2_q3k_scales of dot_avx2_k.c). */
 A5I __m128i a5_q3k_scales(const uint8_t *s) {
-    uint32_t u[3];
-    memcpy(u, s, 12);
-    const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    uint32_t r[4] = {
-        (u[0] & m4) | (((u[2] >> 0) & m2) << 4),
-        (u[1] & m4) | (((u[2] >> 2) & m2) << 4),
-        ((u[0] >> 4) & m4) | (((u[2] >> 4) & m2) << 4),
-        ((u[1] >> 4) & m4) | (((u[2] >> 6) & m2) << 4),
-    };
+    uint32_t r[4];
+    qb_q3k_scale_words(s, r);
     const __m128i v = _mm_set_epi64x((int64_t)((uint64_t)r[3] << 32 | r[2]), (int64_t)((uint64_t)r[1] << 32 | r[0]));
     return _mm_sub_epi8(v, _mm_set1_epi8(32));
 }

@@ -27,6 +27,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../dtype.h"
+
 #define QB_QK 32   /* elements per block of the legacy formats */
 #define QB_QK_K 256 /* elements per super-block of the K formats */
 
@@ -128,6 +130,86 @@ static inline void qb_q3k_scales(const uint8_t *s, int8_t out[16]) {
         int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
         out[j] = (int8_t)((lo | (hi << 4)) - 32);
     }
+}
+
+
+/* ---- block fields shared by the SIMD kernels (plain C, so every level reads them alike) ---- */
+
+/* The fields of 32-value blocks i and i+1 (B absent when `one`: zeros) of a Q4_0, Q4_1,
+ * Q5_0, Q5_1 or Q8_0 row (any other type is read as Q8_0): fp16 scales and mins, the
+ * packed codes, the Q5 high-bit words. */
+struct qb_pair {
+    uint16_t dA, dB, mA, mB;
+    const uint8_t *qa, *qb;
+    uint32_t ha, hb;
+};
+
+static inline uint32_t qb_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline struct qb_pair qb_pair_fields(enum dtype t, const void *w, int64_t i, int one) {
+    struct qb_pair f = {0};
+    switch (t) {
+    case DTYPE_Q4_0: {
+        const blk_q4_0 *x = (const blk_q4_0 *)w + i;
+        f.dA = x[0].d, f.qa = x[0].qs;
+        if (!one) f.dB = x[1].d, f.qb = x[1].qs;
+        break;
+    }
+    case DTYPE_Q4_1: {
+        const blk_q4_1 *x = (const blk_q4_1 *)w + i;
+        f.dA = x[0].d, f.mA = x[0].m, f.qa = x[0].qs;
+        if (!one) f.dB = x[1].d, f.mB = x[1].m, f.qb = x[1].qs;
+        break;
+    }
+    case DTYPE_Q5_0: {
+        const blk_q5_0 *x = (const blk_q5_0 *)w + i;
+        f.dA = x[0].d, f.qa = x[0].qs, f.ha = qb_u32(x[0].qh);
+        if (!one) f.dB = x[1].d, f.qb = x[1].qs, f.hb = qb_u32(x[1].qh);
+        break;
+    }
+    case DTYPE_Q5_1: {
+        const blk_q5_1 *x = (const blk_q5_1 *)w + i;
+        f.dA = x[0].d, f.mA = x[0].m, f.qa = x[0].qs, f.ha = qb_u32(x[0].qh);
+        if (!one) f.dB = x[1].d, f.mB = x[1].m, f.qb = x[1].qs, f.hb = qb_u32(x[1].qh);
+        break;
+    }
+    default: {
+        const blk_q8_0 *x = (const blk_q8_0 *)w + i;
+        f.dA = x[0].d, f.qa = (const uint8_t *)x[0].qs;
+        if (!one) f.dB = x[1].d, f.qb = (const uint8_t *)x[1].qs;
+        break;
+    }
+    }
+    return f;
+}
+
+/* The 6-bit scales (words 0, 1: bytes 0..7) and mins (words 2, 3: bytes 8..15) of a
+ * Q4_K/Q5_K super-block from its 12 packed bytes. */
+static inline void qb_k4_scale_words(const uint8_t *s, uint32_t u[4]) {
+    memcpy(u, s, 12);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4); /* mins 4..7 */
+    const uint32_t mins03 = u[1] & m6;
+    u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4); /* scales 4..7 */
+    u[2] = mins03;
+    u[0] &= m6; /* scales 0..3 */
+}
+
+/* The 16 6-bit Q3_K scales, biased by +32 (word k holds scales 4k..4k+3: low nibbles from
+ * bytes 0..7 (k < 2) or their high nibbles (k >= 2), top bits from byte 8 + j%4 at shift
+ * 2*(j/4) = 2k); subtract 32 per byte for the signed scale. */
+static inline void qb_q3k_scale_words(const uint8_t *s, uint32_t r[4]) {
+    uint32_t u[3];
+    memcpy(u, s, 12);
+    const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    r[0] = (u[0] & m4) | (((u[2] >> 0) & m2) << 4);
+    r[1] = (u[1] & m4) | (((u[2] >> 2) & m2) << 4);
+    r[2] = ((u[0] >> 4) & m4) | (((u[2] >> 4) & m2) << 4);
+    r[3] = ((u[1] >> 4) & m4) | (((u[2] >> 6) & m2) << 4);
 }
 
 #endif
