@@ -28,12 +28,17 @@
  *             0-7 when n % 16 >= 8; lanes l and l + 8 added, cpu_hsum8; the last n % 8
  *             products fused into the sum in order (fmaf).
  *   o += w v  fmaf per element; positions in order.
- *   softmax   f16 cache, span within one chunk: m = max of the scores, e = libm expf(s - m)
- *             summed in double in position order; w = f16(e * (float)(1 / sum)).
- *             Otherwise (f32 cache, or chunks): per chunk, e = cpu_exp1(s - m) for the
- *             chunk's first cn - cn % 8 scores summed in 8 float lanes (cpu_hsum8), then
- *             libm expf for the last cn % 8, added in order; earlier chunks rescaled by
- *             expf(m_old - m_new); the output scaled by 1 / l at the end.
+ *   softmax   exp is cpu_exp1 everywhere (cpu_exp256 in 8 lanes gives the same bits; no
+ *             libm expf, whose bits the CUDA backend could not reproduce).
+ *             f16 cache, span within one chunk: m = max of the scores (m = m > s ? m : s in
+ *             position order), e = cpu_exp1(s - m) summed in double in position order;
+ *             w = f16(e * (float)(1 / sum)); positions whose w is 0 are skipped.
+ *             Otherwise (f32 cache, or chunks): per chunk, cmax as m above, then if
+ *             cmax > m the earlier chunks are rescaled by cpu_exp1(m_old - cmax) (l and the
+ *             output, when l > 0); e = cpu_exp1(s - m), the chunk's first cn - cn % 8
+ *             summed in 8 float lanes (lane l: e_{8i + l}) and cpu_hsum8, then the last
+ *             cn % 8 added in order, that sum added to l; V weighted by every e; the output
+ *             scaled by 1 / l at the end.
  *   f16       cpu_f32_to_f16 / cpu_f16_to_f32 (= F16C on every input) for the cache, the
  *             rounded q and the rounded probabilities. */
 #include "vec.h"
@@ -202,8 +207,16 @@ static CPU_AVX2 void axpy_avx2(float *o, float w, const void *v, enum dtype t, i
     }
 }
 
+/* s[j] = cpu_exp1(s[j] - m) for j < n, 8 at a time with cpu_exp256 (the same bits). */
+static CPU_AVX2 void exp_sub_avx2(float *s, int64_t n, float m) {
+    const __m256 vm = _mm256_set1_ps(m);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(s + j, cpu_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm)));
+    for (; j < n; j++) s[j] = cpu_exp1(s[j] - m);
+}
+
 /* s[j] = e^(s[j] - m) for j < n; returns their sum (cpu_exp256 over blocks of 8, summed in
- * 8 lanes, then libm's expf for the last n % 8, added in order). */
+ * 8 lanes, then cpu_exp1 for the last n % 8, added in order). */
 static CPU_AVX2 float exp_shift_avx2(float *s, int64_t n, float m) {
     const __m256 vm = _mm256_set1_ps(m);
     __m256 acc = _mm256_setzero_ps();
@@ -215,7 +228,7 @@ static CPU_AVX2 float exp_shift_avx2(float *s, int64_t n, float m) {
     }
     float sum = cpu_hsum256(acc);
     for (; j < n; j++) {
-        s[j] = expf(s[j] - m);
+        s[j] = cpu_exp1(s[j] - m);
         sum += s[j];
     }
     return sum;
@@ -234,7 +247,7 @@ static float exp_shift_scalar(float *s, int64_t n, float m) {
         }
     float sum = cpu_hsum8(acc);
     for (; j < n; j++) {
-        s[j] = expf(s[j] - m);
+        s[j] = cpu_exp1(s[j] - m);
         sum += s[j];
     }
     return sum;
@@ -261,11 +274,13 @@ static void att_one_f16(const struct att_ctx *c, const float *qh, float *oh, con
         sc[j] = s * c->scale;
         m = TP_MAX(m, sc[j]);
     }
+#if CPU_HAVE_X86
+    if (c->avx2) exp_sub_avx2(sc, cn, m);
+    else
+#endif
+        for (int64_t j = 0; j < cn; j++) sc[j] = cpu_exp1(sc[j] - m);
     double l = 0;
-    for (int64_t j = 0; j < cn; j++) {
-        sc[j] = expf(sc[j] - m);
-        l += sc[j];
-    }
+    for (int64_t j = 0; j < cn; j++) l += sc[j];
     const float inv = (float)(1.0 / l);
     for (int64_t j = 0; j < cn; j++) {
         const float w = f16_round1(sc[j] * inv);
@@ -322,7 +337,7 @@ static void att_one(const struct att_ctx *c, int64_t item, float *sc) {
         }
         if (cmax > m) {
             if (l > 0.0f) { /* an earlier chunk: bring its sums to the new maximum */
-                float corr = expf(m - cmax);
+                float corr = cpu_exp1(m - cmax);
                 l *= corr;
                 for (int64_t i = 0; i < hd; i++) oh[i] *= corr;
             }
@@ -400,7 +415,7 @@ static inline CPU_AVX2 void att_prefetch_block(const struct kv_layer *kv, const 
 /* Heads h0 .. h0 + H - 1 of token t, in units of S heads that share a KV head (S <= 4,
  * H a multiple of S, H <= CPU_ATT_GROUP), over an f16 cache whose span fits one scratch
  * chunk: for each head exactly the arithmetic of att_one_f16 (q rounded to f16, q.K as
- * dot_avx2 sums it, two-pass softmax with libm's expf and a double sum, probabilities
+ * dot_avx2 sums it, two-pass softmax with cpu_exp1 and a double sum, probabilities
  * normalised and rounded to f16, V weighted as axpy_avx2 does), so the outputs are the
  * same bits (test_cpu_ops checks it). But each K and V row is loaded and widened once for
  * its S heads; the KV heads of a position sit side by side in the cache, so an item of
@@ -458,13 +473,10 @@ att_heads_f16_body(const struct att_ctx *c, int64_t t, int64_t h0, int H, const 
             }
         }
     })
+    for (int h = 0; h < H; h++) exp_sub_avx2(sc + h * cn, cn, m[h]); /* e = cpu_exp1(s - m) */
     double l[CPU_ATT_GROUP] = {0};
     for (int64_t j = 0; j < cn; j++) /* the heads' sums are independent chains: side by side */
-        for (int h = 0; h < H; h++) {
-            const float e = expf(sc[h * cn + j] - m[h]);
-            sc[h * cn + j] = e;
-            l[h] += e;
-        }
+        for (int h = 0; h < H; h++) l[h] += sc[h * cn + j];
     for (int h = 0; h < H; h++) {
         float *ss = sc + h * cn;
         const float inv = (float)(1.0 / l[h]);

@@ -2,6 +2,8 @@
  * the backend-independent kbackend_free / kbackend_describe. */
 #include "cpu.h"
 
+#include "../act.h"
+
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,6 +166,10 @@ int kbackend_cpu_create(struct kbackend **out, const struct kbackend_opts *o, tp
         return tp_errf(e, TP_ENOMEM, "cpu backend: out of memory for attention scratch (%d threads x %lld "
                        "positions); lower the context length", r.n_threads, (long long)r.max_ctx);
     }
+    /* GELU's table: one read-only copy per process (built by the first backend, 65536 tanhf),
+     * like a constant table, so it is not this backend's workspace (runtime/planner.c mirrors
+     * workspace_bytes exactly) */
+    c->gelu_tab = act_gelu_table_shared();
     b->workspace_bytes = c->act_q_bytes + att_floats * sizeof(float);
     *out = b;
     return 0;

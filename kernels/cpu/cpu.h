@@ -32,6 +32,7 @@ struct cpu_backend {
     void *act_q;               /* scratch: activations quantized for integer dot products */
     size_t act_q_bytes;
     float *att_scores;         /* scratch: [n_threads][CPU_ATT_GROUP * max_ctx] attention scores */
+    const uint16_t *gelu_tab;  /* GELU of every f16 input: act_gelu_table_shared (kernels/act.h) */
 };
 
 /* Best SIMD level this CPU and this build support. */

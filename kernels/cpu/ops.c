@@ -21,11 +21,15 @@
  *   rope      scalar only (libm cosf/sinf), one token per thread.
  *   silu      per element g / (1 + cpu_exp1(-g)) * u (AVX2: cpu_exp256, the same bits), so
  *             where a thread's piece of the range starts or ends does not matter.
- *   gelu_tanh per element gelu_ggml (f16 rounding, libm tanhf) on both levels.
+ *   gelu_tanh per element on both levels: 0 for g <= -10, g for g >= 10, else the f16
+ *             rounding of g (cpu_f32_to_f16) looked up in the GELU table (kernels/act.c:
+ *             llama.cpp's gelu with libm tanhf, result rounded to f16; built once per
+ *             process, cpu_backend.gelu_tab points at it); then times u. The CUDA backend
+ *             uploads the same table, so GELU needs no tanh on the GPU.
  *   add, scale, add_bias: one IEEE operation per element. */
 #include "vec.h"
 
-#include "../quant.h"
+#include "../act.h"
 
 #include <math.h>
 
@@ -216,31 +220,30 @@ void cpu_rope(struct kbackend *b, float *x, const int32_t *pos, int64_t n_tok, i
 struct act_ctx {
     float *out;
     const float *gate, *up;
+    const uint16_t *gelu_tab; /* act_gelu_table_shared() */
     enum act_kind act;
     bool avx2;
 };
 
-#define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
-#define GELU_A 0.044715f
-
-/* GELU as llama.cpp's CPU backend computes it (GGML_GELU_FP16): the input rounded to f16,
- * the tanh form evaluated in float, the result rounded to f16; identity above 10, zero
- * below -10. Matching this keeps Gemma's logits within float noise of llama.cpp's. */
-static inline float gelu_ggml(float x) {
-    if (x <= -10.0f) return 0.0f;
-    if (x >= 10.0f) return x;
-    float f = fp16_to_f32(f32_to_fp16(x));
-    /* llama.cpp builds its table with FMA contraction: 1 + A x x is one fused operation */
-    float y = 0.5f * f * (1.0f + tanhf(GELU_C * f * fmaf(GELU_A * f, f, 1.0f)));
-    return fp16_to_f32(f32_to_fp16(y));
+/* GELU as llama.cpp's CPU backend computes it (GGML_GELU_FP16): zero at or below -10,
+ * identity at or above 10, between them the input rounded to f16 and looked up in the
+ * table of act_gelu_f16 (the tanh form evaluated in float on the f16 value, the result
+ * rounded to f16). Matching this keeps Gemma's logits within float noise of llama.cpp's.
+ * cpu_f32_to_f16 equals the f32_to_fp16 llama.cpp's rounding was first written with on
+ * every non-NaN input, and a NaN input reads a NaN entry (0x7e00) as before. */
+static inline float gelu_ggml(const uint16_t *tab, float x) {
+    if (x <= ACT_GELU_LO) return 0.0f;
+    if (x >= ACT_GELU_HI) return x;
+    return cpu_f16_to_f32(tab[cpu_f32_to_f16(x)]);
 }
 
 /* SiLU of one element; silu_avx2 below is the same in 8 lanes. */
 static inline float silu1(float g, float u) { return g / (1.0f + cpu_exp1(-g)) * u; }
 
-static void act_scalar(float *out, const float *g, const float *u, int64_t lo, int64_t hi, enum act_kind act) {
+static void act_scalar(float *out, const float *g, const float *u, const uint16_t *tab, int64_t lo, int64_t hi,
+                       enum act_kind act) {
     if (act == ACT_GELU_TANH) {
-        for (int64_t i = lo; i < hi; i++) out[i] = gelu_ggml(g[i]) * u[i];
+        for (int64_t i = lo; i < hi; i++) out[i] = gelu_ggml(tab, g[i]) * u[i];
     } else {
         for (int64_t i = lo; i < hi; i++) out[i] = silu1(g[i], u[i]);
     }
@@ -264,18 +267,18 @@ static CPU_AVX2 void silu_avx2(float *out, const float *g, const float *u, int64
 static void act_range(void *vctx, int64_t lo, int64_t hi) {
     const struct act_ctx *c = vctx;
 #if CPU_HAVE_X86
-    if (c->avx2 && c->act != ACT_GELU_TANH) { /* f16-rounded GELU: scalar (llama.cpp uses a table) */
+    if (c->avx2 && c->act != ACT_GELU_TANH) { /* GELU (a table lookup) stays scalar */
         silu_avx2(c->out, c->gate, c->up, lo, hi);
         return;
     }
 #endif
-    act_scalar(c->out, c->gate, c->up, lo, hi, c->act);
+    act_scalar(c->out, c->gate, c->up, c->gelu_tab, lo, hi, c->act);
 }
 
 void cpu_gated_act(struct kbackend *b, float *out, const float *gate, const float *up, int64_t n,
                    enum act_kind act) {
     if (n <= 0) return;
-    struct act_ctx c = {out, gate, up, act, cpu_use_avx2(b)};
+    struct act_ctx c = {out, gate, up, cpu_impl(b)->gelu_tab, act, cpu_use_avx2(b)};
     cpu_parallel_for(b, n, 8192, act_range, &c);
 }
 

@@ -7,22 +7,28 @@
  * heap is sorted in place at the end. Alongside, lse = m + log(sum e^(x - m)) with a
  * running maximum m: the sum is kept in double and rescaled by e^(m_old - m_new) when m
  * grows. -inf entries add nothing; a NaN makes lse NaN; +inf makes it +inf. NaN values are
- * ranked as -inf.
+ * ranked as -inf. No libm transcendental is used, so that the CUDA backend can give the
+ * same bits: float exps are cpu_exp1, the double exp and the final log are act_exp_f64 /
+ * act_log_f64 (kernels/act.h: IEEE operations only, the same code on the device).
  *
  * Ordering (see vec.h): one row per thread, and the scalar level reproduces the AVX2 scan
  * bit for bit (tk_scan_scalar is tk_scan_avx2 in portable C). A row is read as: the first
  * k values one at a time (the heap fills), then blocks of 32, then the last
  * (n - k) % 32 one at a time.
- *   One at a time (tk_one): a new maximum rescales the sum by libm's exp in double,
- *     s = (s e) + 1 rounded twice; any other finite x adds (double)expf(x - m).
+ *   One at a time (tk_one): a new maximum rescales the sum by
+ *     e = act_exp_f64((double)m - (double)x), s = (s e) + 1 rounded twice; any other
+ *     finite x adds (double)cpu_exp1(x - m).
  *   A block of 32 finite values: m = max(m, block max) (8 lanes of _mm256_max_ps, then
- *     cpu_hmax8), s *= exp(m_old - m) if it grew, then s += the block's cpu_exp1(x - m)
+ *     cpu_hmax8), s *= act_exp_f64(m_old - m) if it grew, then s += the block's cpu_exp1(x - m)
  *     summed in 4 double lanes (lane l: the values 8j + l, then 8j + l + 4, for j = 0..3)
  *     and cpu_hsum4d.
  *   A block holding -inf, +inf or NaN: one at a time, but with s e + 1 fused (fma), as
  *     the AVX2 build has always compiled it there.
+ *   The result: (float)((double)m + act_log_f64(s)).
  * The heap sees the same values in the same order on every path. */
 #include "vec.h"
+
+#include "../act.h"
 
 #include <math.h>
 
@@ -75,7 +81,7 @@ static inline void tk_lse_push(struct tk_lse *st, float x, bool fused) {
     } else if (isinf(x)) {
         if (x > 0) st->pinf = true;
     } else if (x > st->m) {
-        const double e = exp((double)st->m - (double)x);
+        const double e = act_exp_f64((double)st->m - (double)x);
         if (fused) {
             st->s = fma(st->s, e, 1.0);
         } else {
@@ -84,7 +90,7 @@ static inline void tk_lse_push(struct tk_lse *st, float x, bool fused) {
         }
         st->m = x;
     } else {
-        st->s += (double)expf(x - st->m);
+        st->s += (double)cpu_exp1(x - st->m);
     }
 }
 
@@ -92,7 +98,7 @@ static float tk_lse_result(const struct tk_lse *st) {
     if (st->nan) return NAN;
     if (st->pinf) return INFINITY;
     if (st->m == -INFINITY) return -INFINITY;
-    return (float)((double)st->m + log(st->s));
+    return (float)((double)st->m + act_log_f64(st->s));
 }
 
 /* Scalar handling of x[i]: heap insertion (heap of `*fill` entries, capacity k) and lse. */
@@ -141,7 +147,7 @@ static int64_t tk_scan_scalar(float *val, int32_t *idx, int64_t k, int64_t *fill
         }
         const float bm = cpu_hmax8(mx);
         if (bm > st->m) {
-            st->s *= exp((double)st->m - (double)bm);
+            st->s *= act_exp_f64((double)st->m - (double)bm);
             st->m = bm;
         }
         double acc[4] = {0};
@@ -195,7 +201,7 @@ static CPU_AVX2 int64_t tk_scan_avx2(float *val, int32_t *idx, int64_t k, int64_
         }
         float bm = cpu_hmax256(mx);
         if (bm > st->m) {
-            st->s *= exp((double)st->m - (double)bm);
+            st->s *= act_exp_f64((double)st->m - (double)bm);
             st->m = bm;
         }
         __m256 vm = _mm256_set1_ps(st->m);

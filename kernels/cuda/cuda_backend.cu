@@ -154,7 +154,7 @@ void op_destroy(struct kbackend *b) {
         if (cb->stream) cudaStreamSynchronize(cb->stream);
         if (cb->blas) cublasDestroy(cb->blas);
         void *bufs[] = {cb->act_q, cb->act_d, cb->act_s, cb->act_bs, cb->act_h, cb->w_tile,
-                        cb->blas_ws, cb->tk_idx, cb->tk_val, cb->tk_lse};
+                        cb->blas_ws, cb->tk_idx, cb->tk_val, cb->tk_lse, cb->gelu_tab, cb->att_sc, cb->att_sl};
         for (size_t i = 0; i < TP_ARRAY_LEN(bufs); i++) cuda_mem_free(cb, bufs[i]);
         if (cb->stream) cudaStreamDestroy(cb->stream);
         free(cb);

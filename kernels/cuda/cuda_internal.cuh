@@ -25,8 +25,12 @@ extern "C" {
 #define CUDA_MATVEC_MAX_TOK 8
 /* Largest k of the GPU top-k (a larger k is served on the host from a downloaded row). */
 #define CUDA_TOPK_MAX_K 256
-/* Longest head the attention kernel holds in registers. */
+/* Longest head the attention kernel handles (q in shared memory, 2 output dims a thread). */
 #define CUDA_ATT_MAX_HEAD_DIM 512
+/* Attention's chunk of positions when opts.max_ctx is 0: the CPU backend's default
+ * (CPU_DEFAULT_ATT_CTX in kernels/cpu/backend.c; the two must stay equal, since the chunk
+ * decides where the softmax is rescaled and whether f16 probabilities are rounded). */
+#define CUDA_ATT_DEFAULT_CTX 4096
 
 struct cuda_backend {
     int device;
@@ -58,6 +62,16 @@ struct cuda_backend {
     int32_t *tk_idx; /* [max_tokens][CUDA_TOPK_MAX_K] */
     float *tk_val;   /* [max_tokens][CUDA_TOPK_MAX_K] */
     float *tk_lse;   /* [max_tokens] */
+
+    /* gated_act: act_gelu_table_shared() uploaded (GELU of every f16 input) */
+    uint16_t *gelu_tab;
+
+    /* attention: scores and cache slots of one chunk of positions for each of att_slots
+     * (token, head) items at a time; the chunk is the CPU's (opts.max_ctx, or
+     * CUDA_ATT_DEFAULT_CTX) */
+    float *att_sc;   /* [att_slots][att_chunk] */
+    int32_t *att_sl; /* [att_slots][att_chunk] */
+    int64_t att_chunk, att_slots;
 
     size_t scratch_bytes; /* device memory allocated for the scratch above */
 

@@ -1,20 +1,34 @@
 /* ops.cu - the CUDA backend's row-wise and element-wise ops: RMS norm, rotary embedding,
  * gated activation, add, scale and bias. Each follows kernels/cpu/ops.c operation by
- * operation, in the same order, with IEEE-rounded intrinsics (__fmul_rn, __fdiv_rn, ...)
- * so that --use_fast_math can neither contract nor approximate them:
- *   rmsnorm   y = x * (1 / sqrt((float)(sum x^2 / n) + eps)) * (w + w_offset), sum in double;
- *             without w: y = x * scale. Bit-identical to the CPU up to the double sum's order.
+ * operation, in the same order. rmsnorm and gated_act use ieee.cuh's exact operations
+ * (inline PTX without .ftz, f64 _rn intrinsics), so that --use_fast_math neither flushes,
+ * contracts nor approximates anything, and give the CPU's bits by construction:
+ *   rmsnorm   the CPU's sum of squares: x^2 in double (exact) in 8 lanes, lane l summing
+ *             the elements 8i + l of the first n - n % 8 in order (one thread per lane),
+ *             combined as (s0 + s4, s1 + s5, s2 + s6, s3 + s7) and cpu_hsum4d's tree, the
+ *             last n % 8 squares added in order (one thread); then
+ *             scale = 1 / sqrtf((float)(ss / n) + eps) and y = (x * scale) * (w + w_offset)
+ *             (y = x * scale without w), each an IEEE operation. The lane sums are
+ *             sequential (n / 8 dependent adds per row): the cost of the CPU's order.
+ *   gated_act silu: g / (1 + cpu_exp1(-g)) * u with dev_exp1 (cpu_exp1's operations);
+ *             gelu_tanh: 0 for g <= -10, g for g >= 10, else g rounded to f16 (IEEE
+ *             nearest even, = cpu_f32_to_f16 on every non-NaN input) and looked up in
+ *             act_gelu_table_shared() (kernels/act.c, the CPU's table, uploaded at
+ *             creation), widened; then times u.
  *   rope      per token, theta = pos, then theta *= base^(-2/n_rot) after each pair (ggml's
  *             rope cache, sequential, in float - done by one thread per token, which keeps the
  *             exact float sequence); extrap = theta / ff[i]; interp = freq_scale * extrap;
  *             YaRN: th = interp (1 - mix) + extrap mix, mix = ramp(i) * ext_factor, magnitude
  *             mscale_ext; (a, b) -> (a c - b s, a s + b c), c = cos(th) m, s = sin(th) m.
  *             cos/sin are evaluated in double and rounded (fast-math sinf is not accurate for
- *             large angles): within 1 ulp of glibc's cosf/sinf.
- *   gated_act silu: g / (1 + e^-g) * u; gelu_tanh: g / (1 + e^(-2y)) * u, y = c g (1 + a g^2);
- *             e^x in double, rounded: within a few ulp of the CPU (whose AVX2 exp is 2 ulp).
- *   add, scale, add_bias: one IEEE operation per element, exact. */
+ *             large angles): within 1 ulp of glibc's cosf/sinf (not bit-identical: glibc's
+ *             cosf/sinf are not correctly rounded).
+ *   add, scale, add_bias: one IEEE operation per element (ieee.cuh: subnormals kept), the
+ *             CPU's bits. */
 #include "cuda_internal.cuh"
+#include "ieee.cuh"
+
+#include "../act.h"
 
 #include <math.h>
 
@@ -29,32 +43,39 @@ constexpr int ROPE_MAX_PAIRS = 1024; /* head_dim up to 2048 */
 
 __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_kernel(float *y, const float *x, const float *__restrict__ w, float off, int64_t n, float eps) {
-    __shared__ double part[NORM_THREADS / 32];
+    __shared__ double lane_s[8];
     __shared__ float scale_s;
     const float *xr = x + (int64_t)blockIdx.x * n;
     float *yr = y + (int64_t)blockIdx.x * n;
-    double ss = 0.0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const double v = (double)xr[i];
-        ss += v * v;
+    const int64_t n8 = n - n % 8;
+    if (threadIdx.x < 8) { /* lane l: the squares of x[8i + l], i < n / 8, in order */
+        double a = 0.0;
+#pragma unroll 4
+        for (int64_t i = threadIdx.x; i < n8; i += 8) {
+            const double v = ie_f2d(xr[i]);
+            a = __fma_rn(v, v, a); /* v * v is exact in double: = a + v * v */
+        }
+        lane_s[threadIdx.x] = a;
     }
-#pragma unroll
-    for (int o = 16; o; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
     __syncthreads();
     if (threadIdx.x == 0) {
-        double t = 0.0;
-        for (int i = 0; i < NORM_THREADS / 32; i++) t += part[i];
-        const float mean = (float)(t / (double)n);
-        scale_s = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean, eps)));
+        const double *a = lane_s;
+        const double h0 = __dadd_rn(a[0], a[4]), h1 = __dadd_rn(a[1], a[5]);
+        const double h2 = __dadd_rn(a[2], a[6]), h3 = __dadd_rn(a[3], a[7]);
+        double ss = __dadd_rn(__dadd_rn(h0, h2), __dadd_rn(h1, h3)); /* cpu_hsum4d */
+        for (int64_t i = n8; i < n; i++) {
+            const double v = ie_f2d(xr[i]);
+            ss = __fma_rn(v, v, ss);
+        }
+        const float mean = ie_d2f(__ddiv_rn(ss, (double)n));
+        scale_s = ie_div(1.0f, ie_sqrt(ie_add(mean, eps)));
     }
     __syncthreads();
     const float scale = scale_s;
     if (w) {
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-            yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), __fadd_rn(w[i], off));
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = ie_mul(ie_mul(xr[i], scale), ie_add(w[i], off));
     } else {
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(xr[i], scale);
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = ie_mul(xr[i], scale);
     }
 }
 
@@ -112,39 +133,40 @@ rope_kernel(float *x, const int32_t *__restrict__ pos, rope_k p) {
 
 /* ---- element-wise ---- */
 
-__device__ __forceinline__ float exp_acc(float v) { return (float)exp((double)v); }
+/* gelu_ggml of kernels/cpu/ops.c: the clamps, then the f16 table */
+__device__ __forceinline__ float gelu_tab(const uint16_t *__restrict__ tab, float g) {
+    if (ie_le(g, ACT_GELU_LO)) return 0.0f;
+    if (ie_ge(g, ACT_GELU_HI)) return g;
+    return ie_h2f(__ldg(tab + ie_f2h(g)));
+}
 
 template <int ACT>
 __global__ void __launch_bounds__(EW_THREADS)
-gated_act_kernel(float *out, const float *gate, const float *up, int64_t n) {
-    const float GC = 0.7978845608028654f, GA = 0.044715f;
+gated_act_kernel(float *out, const float *gate, const float *up, const uint16_t *__restrict__ tab, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const float g = gate[i], u = up[i];
-        float e;
         if (ACT == ACT_GELU_TANH) {
-            const float y = __fmul_rn(__fmul_rn(GC, g), __fadd_rn(1.0f, __fmul_rn(__fmul_rn(GA, g), g)));
-            e = exp_acc(__fmul_rn(-2.0f, y));
-        } else {
-            e = exp_acc(-g);
+            out[i] = ie_mul(gelu_tab(tab, g), u);
+        } else { /* silu1: g / (1 + cpu_exp1(-g)) * u */
+            out[i] = ie_mul(ie_div(g, ie_add(1.0f, dev_exp1(ie_neg(g)))), u);
         }
-        out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, e)), u);
     }
 }
 
 __global__ void __launch_bounds__(EW_THREADS) add_kernel(float *y, const float *a, const float *b, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = __fadd_rn(a[i], b[i]);
+        y[i] = ie_add(a[i], b[i]);
 }
 
 __global__ void __launch_bounds__(EW_THREADS) scale_kernel(float *x, float s, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        x[i] = __fmul_rn(x[i], s);
+        x[i] = ie_mul(x[i], s);
 }
 
 __global__ void __launch_bounds__(EW_THREADS)
 add_bias_kernel(float *x, const float *__restrict__ bias, int64_t total, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-        x[i] = __fadd_rn(x[i], bias[i % n]);
+        x[i] = ie_add(x[i], bias[i % n]);
 }
 
 /* ggml_rope_yarn_corr_dim, in float on the host exactly as the CPU backend computes it. */
@@ -202,9 +224,11 @@ void cuda_gated_act(struct kbackend *b, float *out, const float *gate, const flo
     if (n <= 0) return;
     CUDA_REQUIRE(cb, act == ACT_SILU || act == ACT_GELU_TANH, "gated_act: unknown activation %d", (int)act);
     if (act == ACT_GELU_TANH)
-        gated_act_kernel<ACT_GELU_TANH><<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(out, gate, up, n);
+        gated_act_kernel<ACT_GELU_TANH><<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(out, gate, up,
+                                                                                                 cb->gelu_tab, n);
     else
-        gated_act_kernel<ACT_SILU><<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(out, gate, up, n);
+        gated_act_kernel<ACT_SILU><<<cuda_grid_1d(n, EW_THREADS), EW_THREADS, 0, cb->stream>>>(out, gate, up,
+                                                                                            cb->gelu_tab, n);
     CUDA_LAUNCHED(cb);
 }
 
@@ -229,7 +253,13 @@ void cuda_add_bias(struct kbackend *b, float *x, const float *bias, int64_t n_ro
     CUDA_LAUNCHED(cb);
 }
 
+/* Uploads GELU's table (the CPU backend's, act_gelu_table_shared) and checks the kernels. */
 int cuda_ops_init(struct cuda_backend *cb, tp_err *e) {
+    const size_t tab_bytes = ACT_GELU_TABLE_LEN * sizeof(uint16_t);
+    cb->gelu_tab = static_cast<uint16_t *>(cuda_scratch_alloc(cb, tab_bytes));
+    if (!cb->gelu_tab)
+        return tp_errf(e, TP_ENOMEM, "cuda backend: out of device memory for the GELU table (%zu bytes)", tab_bytes);
+    CUDA_TRY(e, cudaMemcpy(cb->gelu_tab, act_gelu_table_shared(), tab_bytes, cudaMemcpyHostToDevice));
     const struct {
         const void *f;
         int threads;

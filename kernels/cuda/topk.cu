@@ -4,9 +4,9 @@
  * NaN, +inf makes it +inf, an all -inf row gives -inf; k > n pads with (-1, -inf).
  *
  * One block per row, k <= CUDA_TOPK_MAX_K:
- *   1. keys: each float maps to an unsigned key in the same order (NaN -> key(-inf),
+ *   1. lse in kernels/cpu/topk.c's order, bit for bit (below).
+ *   2. keys: each float maps to an unsigned key in the same order (NaN -> key(-inf),
  *      -0 -> key(+0), since the CPU's comparisons treat -0 == +0).
- *   2. lse: block max M of the finite values, then sum e^(x - M) in double.
  *   3. radix select, 4 passes of 8 bits (shared-memory histograms of the keys that match
  *      the digits chosen so far): the key K of the k-th largest value; c_gt = number of
  *      keys > K (< k), and k - c_gt keys == K are needed.
@@ -16,8 +16,29 @@
  *      the ranks a permutation.
  * Results go to device scratch in the [n_rows][k] layout and then to the caller's host
  * arrays; the op returns when they are there. A larger k is served on the host from the
- * downloaded rows (rare: samplers ask for k <= a few hundred). */
+ * downloaded rows (rare: samplers ask for k <= a few hundred), its lse still by the kernel.
+ *
+ * lse. The CPU reads a row as units: its first min(k, n) values one at a time, then
+ * blocks of 32, then the last values one at a time. A block of 32 finite values is one
+ * step (m = max(m, block max), s *= act_exp_f64(m_old - m) if m grew, s += the block's
+ * cpu_exp1(x - m) summed in 4 double lanes and cpu_hsum4d); any other block is taken one
+ * value at a time, with s e + 1 fused. One value x: NaN and +inf set flags, -inf adds
+ * nothing, x > m rescales (s = s e + 1, e = act_exp_f64((double)m - (double)x), m = x),
+ * else s += (double)cpu_exp1(x - m). The result is (float)((double)m + act_log_f64(s)).
+ * Here, per round of TK_LSE_UNITS units: each warp loads its units and finds each one's
+ * maximum of the finite values and whether it is a finite block (1); one thread sets the
+ * running maximum before each unit (2); the warps compute every unit's terms in parallel
+ * (3): a block's lane sums (lanes l < 4 add e_l, e_l+4, ..., e_l+28 in order, as the CPU's
+ * j-loop does) and rescale factor, or each value's e (the maximum before a value is the
+ * unit's maximum before it and the finite values ahead of it, a warp prefix max); then one
+ * thread applies the steps to s in the CPU's order (4). Every operation is the CPU's
+ * (ieee.cuh: dev_exp1 = cpu_exp1, dev_exp_f64 / dev_log_f64 = act.h's bodies, _rn f64),
+ * and maxima are exact, so s, m and lse are the CPU's bits. (A maximum of equal values
+ * may take either zero's sign: -0 and +0 compare equal, and x - (+-0), e^(+-0) and
+ * m + log s do not depend on it, so no step does.) The serial part is one or two double
+ * operations per unit (n / 32 + the one-at-a-time values). */
 #include "cuda_internal.cuh"
+#include "ieee.cuh"
 
 #include <math.h>
 #include <stdlib.h>
@@ -29,27 +50,189 @@ constexpr int TK_THREADS = 512;
 constexpr int TK_WARPS = TK_THREADS / 32;
 
 __device__ __forceinline__ uint32_t tk_key(float x) {
-    if (isnan(x)) x = -INFINITY;
-    if (x == 0.0f) x = 0.0f; /* -0 -> +0 */
-    const uint32_t u = __float_as_uint(x);
+    uint32_t u = __float_as_uint(x);
+    if (ie_isnan(x)) u = 0xff800000u; /* -inf */
+    if ((u << 1) == 0u) u = 0u;       /* -0 -> +0 (bit tests: no flush of subnormals) */
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+constexpr int TK_LSE_UPW = 4;                         /* units per warp per round */
+constexpr int TK_LSE_UNITS = TK_WARPS * TK_LSE_UPW; /* units per round */
+
+enum { TK_OP_NONE = 0, TK_OP_ADD = 1, TK_OP_MAX = 2 };
+
+struct tk_lse_shared {
+    double val[TK_LSE_UNITS][32]; /* a value's term: its e, or the rescale factor of a new maximum */
+    double bsum[TK_LSE_UNITS];    /* a finite block: cpu_hsum4d of its lanes */
+    double bres[TK_LSE_UNITS];    /* a finite block: its rescale factor (bflag 2) */
+    float umax[TK_LSE_UNITS];     /* the unit's maximum of its finite values (-inf: none) */
+    float mpre[TK_LSE_UNITS];     /* the running maximum before the unit */
+    unsigned char op[TK_LSE_UNITS][32];
+    unsigned char bflag[TK_LSE_UNITS]; /* 1: a finite block; 2: one that rescales */
+    unsigned char len[TK_LSE_UNITS];
+};
+
+/* Unit u of a row (see the top comment): its first index, length, and whether it lies in
+ * the CPU's scan of 32-value blocks (its values one at a time are then fused). */
+__device__ __forceinline__ void tk_unit(int64_t u, int64_t kh, int64_t hu, int64_t nb, int64_t n, int64_t *start,
+                                        int *len, bool *scan) {
+    if (u < hu) {
+        *start = 32 * u;
+        *len = (int)min((int64_t)32, kh - 32 * u);
+        *scan = false;
+    } else if (u < hu + nb) {
+        *start = kh + 32 * (u - hu);
+        *len = 32;
+        *scan = true;
+    } else {
+        *start = kh + 32 * nb;
+        *len = (int)(n - *start);
+        *scan = false;
+    }
+}
+
+/* warp max of v (exact; which zero a tie of zeros keeps does not matter, see the top) */
+__device__ __forceinline__ float tk_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o; o >>= 1) v = ie_max1(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* lse of row x[0..n) as cpu_topk computes it with heap size kh = min(k, n). All threads
+ * call it; the result is valid on thread 0. */
+__device__ float tk_lse_row(tk_lse_shared &sh, const float *__restrict__ x, int64_t n, int64_t kh) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int64_t hu = (kh + 31) / 32, nb = (n - kh) / 32;
+    const int64_t units = hu + nb + ((n - kh) % 32 != 0 ? 1 : 0);
+    float m = -INFINITY; /* thread 0's running state */
+    double s = 0.0;
+    int flags = 0; /* 1: NaN seen, 2: +inf seen */
+    for (int64_t u0 = 0; u0 < units; u0 += TK_LSE_UNITS) {
+        /* 1. load, flags, each unit's maximum and kind */
+        float v[TK_LSE_UPW];
+#pragma unroll
+        for (int i = 0; i < TK_LSE_UPW; i++) {
+            const int q = i * TK_WARPS + warp;
+            const int64_t u = u0 + q;
+            v[i] = -INFINITY;
+            if (u >= units) continue; /* warp-uniform */
+            int64_t start;
+            int len;
+            bool scan;
+            tk_unit(u, kh, hu, nb, n, &start, &len, &scan);
+            const bool present = lane < len;
+            const float xv = present ? x[start + lane] : -INFINITY;
+            v[i] = xv;
+            if (present && ie_isnan(xv)) flags |= 1;
+            else if (present && __float_as_uint(xv) == 0x7f800000u) flags |= 2;
+            const bool fin = present && ie_finite(xv);
+            const bool block = scan && __all_sync(0xffffffffu, fin);
+            const float mx = tk_warp_max(fin ? xv : -INFINITY);
+            if (lane == 0) {
+                sh.umax[q] = mx;
+                sh.bflag[q] = block ? 1 : 0;
+                sh.len[q] = (unsigned char)len;
+            }
+        }
+        __syncthreads();
+        const int nq = (int)min((int64_t)TK_LSE_UNITS, units - u0);
+        /* 2. the running maximum before each unit */
+        if (tid == 0) {
+            for (int q = 0; q < nq; q++) {
+                sh.mpre[q] = m;
+                if (ie_gt(sh.umax[q], m)) m = sh.umax[q];
+            }
+        }
+        __syncthreads();
+        /* 3. every unit's terms */
+#pragma unroll
+        for (int i = 0; i < TK_LSE_UPW; i++) {
+            const int q = i * TK_WARPS + warp;
+            if (q >= nq) continue; /* warp-uniform */
+            const float mp = sh.mpre[q], xv = v[i];
+            if (sh.bflag[q]) { /* tk_scan: one step for the block */
+                const float bm = sh.umax[q];
+                const bool grows = ie_gt(bm, mp);
+                const float mb = grows ? bm : mp;
+                const double e = ie_f2d(dev_exp1(ie_sub(xv, mb)));
+                double acc = 0.0; /* lane l < 4: e_l, e_l+4, e_l+8, ..., e_l+28 in order */
+#pragma unroll
+                for (int r = 0; r < 8; r++) acc = __dadd_rn(acc, __shfl_sync(0xffffffffu, e, (lane & 3) + 4 * r));
+                const double a1 = __shfl_sync(0xffffffffu, acc, 1), a2 = __shfl_sync(0xffffffffu, acc, 2);
+                const double a3 = __shfl_sync(0xffffffffu, acc, 3);
+                if (lane == 0) {
+                    sh.bsum[q] = __dadd_rn(__dadd_rn(acc, a2), __dadd_rn(a1, a3)); /* cpu_hsum4d */
+                    if (grows) {
+                        sh.bres[q] = dev_exp_f64(__dsub_rn(ie_f2d(mp), ie_f2d(bm)));
+                        sh.bflag[q] = 2;
+                    }
+                }
+            } else { /* tk_one per value: the maximum before it is mp and the finite values ahead */
+                const bool fin = ie_finite(xv);
+                float pm = fin ? xv : -INFINITY; /* inclusive prefix max over lanes */
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const float w = __shfl_up_sync(0xffffffffu, pm, o);
+                    if (lane >= o) pm = ie_max1(pm, w);
+                }
+                float before = __shfl_up_sync(0xffffffffu, pm, 1);
+                before = lane == 0 ? mp : ie_max1(mp, before);
+                unsigned char op = TK_OP_NONE;
+                double term = 0.0;
+                if (fin && lane < sh.len[q]) {
+                    if (ie_gt(xv, before)) {
+                        op = TK_OP_MAX;
+                        term = dev_exp_f64(__dsub_rn(ie_f2d(before), ie_f2d(xv)));
+                    } else {
+                        op = TK_OP_ADD;
+                        term = ie_f2d(dev_exp1(ie_sub(xv, before)));
+                    }
+                }
+                sh.op[q][lane] = op;
+                sh.val[q][lane] = term;
+            }
+        }
+        __syncthreads();
+        /* 4. the steps, in the CPU's order */
+        if (tid == 0) {
+            for (int q = 0; q < nq; q++) {
+                const int64_t u = u0 + q;
+                if (sh.bflag[q]) {
+                    if (sh.bflag[q] == 2) s = __dmul_rn(s, sh.bres[q]);
+                    s = __dadd_rn(s, sh.bsum[q]);
+                    continue;
+                }
+                const bool fused = u >= hu && u < hu + nb; /* a non-finite block of the scan */
+                const int len = sh.len[q];
+                for (int j = 0; j < len; j++) {
+                    const int op = sh.op[q][j];
+                    if (op == TK_OP_ADD) s = __dadd_rn(s, sh.val[q][j]);
+                    else if (op == TK_OP_MAX) s = fused ? __fma_rn(s, sh.val[q][j], 1.0) : __dadd_rn(__dmul_rn(s, sh.val[q][j]), 1.0);
+                }
+            }
+        }
+        __syncthreads(); /* the next round rewrites sh */
+    }
+    const int nan = __syncthreads_or(flags & 1), pinf = __syncthreads_or(flags & 2);
+    if (nan) return NAN;
+    if (pinf) return INFINITY;
+    if (__float_as_uint(m) == 0xff800000u) return -INFINITY; /* no finite value */
+    return ie_d2f(__dadd_rn(ie_f2d(m), dev_log_f64(s)));
+}
+
+/* k_lse: the k of the CPU's reading order for lse (the caller's k); k: how many to select
+ * here (0 when the host selects). */
 __global__ void __launch_bounds__(TK_THREADS)
 topk_kernel(int32_t *__restrict__ out_idx, float *__restrict__ out_val, float *__restrict__ out_lse,
-            const float *__restrict__ logits, int64_t n, int64_t k) {
+            const float *__restrict__ logits, int64_t n, int64_t k, int64_t k_lse) {
     __shared__ unsigned hist[256];
     __shared__ int32_t cidx[CUDA_TOPK_MAX_K];
     __shared__ float cval[CUDA_TOPK_MAX_K];
-    __shared__ float red_f[TK_WARPS];
-    __shared__ double red_d[TK_WARPS];
-    __shared__ int red_i[TK_WARPS];
     __shared__ unsigned warp_cnt[TK_WARPS];
     __shared__ uint32_t prefix_s;
     __shared__ int64_t remaining_s, base_s;
     __shared__ int n_gt;
-    __shared__ float max_s;
-    __shared__ int flags_s;
+    __shared__ tk_lse_shared lse_sh;
 
     const int64_t r = blockIdx.x;
     const float *x = logits + r * n;
@@ -57,57 +240,8 @@ topk_kernel(int32_t *__restrict__ out_idx, float *__restrict__ out_val, float *_
     const int64_t kk = min(k, n);
 
     /* ---- lse ---- */
-    float mx = -INFINITY;
-    int flags = 0; /* 1: NaN seen, 2: +inf seen */
-    for (int64_t i = tid; i < n; i += TK_THREADS) {
-        const float v = x[i];
-        if (isnan(v)) flags |= 1;
-        else if (isinf(v)) flags |= v > 0.0f ? 2 : 0;
-        else mx = fmaxf(mx, v);
-    }
-#pragma unroll
-    for (int o = 16; o; o >>= 1) {
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        flags |= __shfl_xor_sync(0xffffffffu, flags, o);
-    }
-    if (lane == 0) {
-        red_f[warp] = mx;
-        red_i[warp] = flags;
-    }
-    __syncthreads();
-    if (tid == 0) {
-        float m = -INFINITY;
-        int f = 0;
-        for (int w = 0; w < TK_WARPS; w++) {
-            m = fmaxf(m, red_f[w]);
-            f |= red_i[w];
-        }
-        max_s = m;
-        flags_s = f;
-    }
-    __syncthreads();
-    const float M = max_s;
-    double s = 0.0;
-    if (M != -INFINITY) {
-        for (int64_t i = tid; i < n; i += TK_THREADS) {
-            const float v = x[i];
-            if (isfinite(v)) s += exp((double)v - (double)M);
-        }
-    }
-#pragma unroll
-    for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) red_d[warp] = s;
-    __syncthreads();
-    if (tid == 0) {
-        double t = 0.0;
-        for (int w = 0; w < TK_WARPS; w++) t += red_d[w];
-        float lse;
-        if (flags_s & 1) lse = NAN;
-        else if (flags_s & 2) lse = INFINITY;
-        else if (M == -INFINITY) lse = -INFINITY;
-        else lse = (float)((double)M + log(t));
-        out_lse[r] = lse;
-    }
+    const float lse = tk_lse_row(lse_sh, x, n, min(k_lse, n));
+    if (tid == 0) out_lse[r] = lse;
     if (kk <= 0) {
         for (int64_t j = tid; j < k; j += TK_THREADS) {
             out_idx[r * k + j] = -1;
@@ -158,7 +292,7 @@ topk_kernel(int32_t *__restrict__ out_idx, float *__restrict__ out_val, float *_
             const int slot = atomicAdd(&n_gt, 1);
             if (slot < c_gt) {
                 cidx[slot] = (int32_t)i;
-                cval[slot] = isnan(v) ? -INFINITY : v;
+                cval[slot] = ie_isnan(v) ? -INFINITY : v;
             }
         }
     }
@@ -181,7 +315,7 @@ topk_kernel(int32_t *__restrict__ out_idx, float *__restrict__ out_val, float *_
             const int64_t at = base + before + __popc(ballot & ((1u << lane) - 1u));
             if (at < need_eq) {
                 cidx[c_gt + at] = (int32_t)i;
-                cval[c_gt + at] = isnan(v) ? -INFINITY : v;
+                cval[c_gt + at] = ie_isnan(v) ? -INFINITY : v;
             }
         }
         __syncthreads();
@@ -194,7 +328,7 @@ topk_kernel(int32_t *__restrict__ out_idx, float *__restrict__ out_val, float *_
         const float v = cval[j];
         const int32_t ix = cidx[j];
         int64_t rank = 0;
-        for (int64_t c = 0; c < kk; c++) rank += (cval[c] > v) || (cval[c] == v && cidx[c] < ix);
+        for (int64_t c = 0; c < kk; c++) rank += ie_gt(cval[c], v) || (ie_eq(cval[c], v) && cidx[c] < ix);
         out_idx[r * k + rank] = ix;
         out_val[r * k + rank] = v;
     }
@@ -217,8 +351,8 @@ int tk_cmp(const void *pa, const void *pb) {
     return a->i < b->i ? -1 : a->i > b->i;
 }
 
-void topk_host(cuda_backend *cb, int32_t *idx, float *val, float *lse, const float *logits, int64_t n_rows,
-               int64_t n, int64_t k) {
+/* Indices and values of k > CUDA_TOPK_MAX_K, from the downloaded rows (lse: the kernel). */
+void topk_host(cuda_backend *cb, int32_t *idx, float *val, const float *logits, int64_t n_rows, int64_t n, int64_t k) {
     float *row = static_cast<float *>(malloc((size_t)TP_MAX(n, (int64_t)1) * sizeof(float)));
     tk_pair *p = static_cast<tk_pair *>(malloc((size_t)TP_MAX(n, (int64_t)1) * sizeof(tk_pair)));
     if (!row || !p) {
@@ -235,22 +369,10 @@ void topk_host(cuda_backend *cb, int32_t *idx, float *val, float *lse, const flo
             cuda_op_failf(cb, TP_EIO, __FILE__, __LINE__, "topk: download of logits row %lld failed", (long long)r);
             break;
         }
-        float m = -INFINITY;
-        bool nan = false, pinf = false;
         for (int64_t i = 0; i < n; i++) {
             const float v = row[i];
-            if (isnan(v)) nan = true;
-            else if (isinf(v)) pinf |= v > 0;
-            else m = TP_MAX(m, v);
             p[i].v = isnan(v) ? -INFINITY : (v == 0.0f ? 0.0f : v);
             p[i].i = (int32_t)i;
-        }
-        if (lse) {
-            double s = 0.0;
-            if (m != -INFINITY)
-                for (int64_t i = 0; i < n; i++)
-                    if (isfinite(row[i])) s += exp((double)row[i] - (double)m);
-            lse[r] = nan ? NAN : pinf ? INFINITY : m == -INFINITY ? -INFINITY : (float)((double)m + log(s));
         }
         qsort(p, (size_t)n, sizeof *p, tk_cmp);
         for (int64_t j = 0; j < k; j++) {
@@ -260,6 +382,30 @@ void topk_host(cuda_backend *cb, int32_t *idx, float *val, float *lse, const flo
     }
     free(row);
     free(p);
+}
+
+/* The kernel over n_rows rows, max_tokens rows at a time (the scratch's): the first k_sel
+ * entries of each row to idx/val (none when 0) and lse in the order of a top-k_lse (when
+ * lse is not NULL). Synchronous. */
+void topk_run(cuda_backend *cb, int32_t *idx, float *val, float *lse, const float *logits, int64_t n_rows, int64_t n,
+              int64_t k_sel, int64_t k_lse) {
+    const int64_t chunk = TP_MAX(cb->opts.max_tokens, (int64_t)1);
+    for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
+        const int64_t rows = TP_MIN(chunk, n_rows - r0);
+        topk_kernel<<<(unsigned)rows, TK_THREADS, 0, cb->stream>>>(cb->tk_idx, cb->tk_val, cb->tk_lse, logits + r0 * n,
+                                                                    n, k_sel, k_lse);
+        CUDA_LAUNCHED(cb);
+        if (k_sel > 0) {
+            CUDA_OP(cb, cudaMemcpyAsync(idx + r0 * k_sel, cb->tk_idx, (size_t)(rows * k_sel) * sizeof(int32_t),
+                                        cudaMemcpyDeviceToHost, cb->stream));
+            CUDA_OP(cb, cudaMemcpyAsync(val + r0 * k_sel, cb->tk_val, (size_t)(rows * k_sel) * sizeof(float),
+                                        cudaMemcpyDeviceToHost, cb->stream));
+        }
+        if (lse)
+            CUDA_OP(cb, cudaMemcpyAsync(lse + r0, cb->tk_lse, (size_t)rows * sizeof(float), cudaMemcpyDeviceToHost,
+                                        cb->stream));
+        CUDA_OP(cb, cudaStreamSynchronize(cb->stream));
+    }
 }
 
 } // namespace
@@ -273,25 +419,11 @@ void cuda_topk(struct kbackend *b, int32_t *idx, float *val, float *lse, const f
     if (k < 0) k = 0;
     if (n < 0) n = 0;
     if (k > CUDA_TOPK_MAX_K) {
-        topk_host(cb, idx, val, lse, logits, n_rows, n, k);
+        if (lse) topk_run(cb, NULL, NULL, lse, logits, n_rows, n, 0, k);
+        topk_host(cb, idx, val, logits, n_rows, n, k);
         return;
     }
-    const int64_t chunk = TP_MAX(cb->opts.max_tokens, (int64_t)1);
-    for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
-        const int64_t rows = TP_MIN(chunk, n_rows - r0);
-        topk_kernel<<<(unsigned)rows, TK_THREADS, 0, cb->stream>>>(cb->tk_idx, cb->tk_val, cb->tk_lse, logits + r0 * n, n, k);
-        CUDA_LAUNCHED(cb);
-        if (k > 0) {
-            CUDA_OP(cb, cudaMemcpyAsync(idx + r0 * k, cb->tk_idx, (size_t)(rows * k) * sizeof(int32_t),
-                                        cudaMemcpyDeviceToHost, cb->stream));
-            CUDA_OP(cb, cudaMemcpyAsync(val + r0 * k, cb->tk_val, (size_t)(rows * k) * sizeof(float),
-                                        cudaMemcpyDeviceToHost, cb->stream));
-        }
-        if (lse)
-            CUDA_OP(cb, cudaMemcpyAsync(lse + r0, cb->tk_lse, (size_t)rows * sizeof(float), cudaMemcpyDeviceToHost,
-                                        cb->stream));
-        CUDA_OP(cb, cudaStreamSynchronize(cb->stream));
-    }
+    topk_run(cb, idx, val, lse, logits, n_rows, n, k, k);
 }
 
 int cuda_topk_init(struct cuda_backend *cb, tp_err *e) {
