@@ -38,8 +38,10 @@ static size_t workspace_bytes(const struct plan_opts *o, const struct model_conf
                                .max_in = model_config_max_in(c), .max_ctx = o->ctx, .max_heads = c->n_head};
     if (o->backend == PLAN_CPU)
         return cpu_matmul_scratch_bytes(&ko) + cpu_attention_scratch_bytes(&ko);
-    /* CUDA: q8 activations (as the CPU layout) and the 64 MiB dequantized f16 weight tile for cuBLAS */
-    return cpu_matmul_scratch_bytes(&ko) + ((size_t)64 << 20);
+    /* CUDA: q8 activations (as the CPU layout), the 64 MiB dequantized f16 weight tile for
+     * cuBLAS, attention's score and slot scratch (at most 64 MiB: kernels/cuda/attention.cu)
+     * and the 128 KiB GELU table */
+    return cpu_matmul_scratch_bytes(&ko) + ((size_t)64 << 20) + ((size_t)64 << 20) + ((size_t)128 << 10);
 }
 
 static struct engine_opts engine_opts_of(const struct plan_opts *o) {
