@@ -24,7 +24,9 @@ const char *boot_opts_usage =
     "  --kv-blocks N           KV cache blocks of 16 tokens per rank (default: all the memory plan allows)\n"
     "  --device-mem SIZE       memory budget per rank, e.g. 12GiB (default: free memory x --mem-fraction)\n"
     "  --mem-fraction F        share of free memory a rank may use (default 0.90)\n"
-    "  -q, --quiet             no loading progress and no startup report\n";
+    "  -q, --quiet             no loading progress and no startup report\n"
+    "  --config FILE           options from FILE, 'option = value' lines (configs/README.md); the command line\n"
+    "                          wins over the file; repeatable (later files win over earlier ones)\n";
 
 void boot_opts_default(struct boot_opts *o) {
     memset(o, 0, sizeof *o);
@@ -354,4 +356,425 @@ void boot_finish(struct boot *b) {
     gguf_close(b->file);
     comm_free(b->comm);
     memset(b, 0, sizeof *b);
+}
+
+/* ---- --config FILE ----
+ *
+ * A config file holds options of the model-running commands, one `option = value` per line:
+ * the long option name without its dashes, `#` comments (a `#` at the start of a value or
+ * after a blank), blank lines, values in double quotes when they hold a `#` or start or end
+ * with a blank (`\"` and `\\` inside). Switches take true/false (yes/no, on/off, 1/0).
+ * boot_config_expand() turns every `--config FILE` of the command line into the options of
+ * FILE, placed before the rest of the command line, so the command's own parser reads them
+ * first and the command line, read later, wins. The parser checks the values as it checks
+ * the command line's; this loader checks that each option exists for the command, from the
+ * table below (tests/mpi/test_configs.sh checks it against every command's --help). */
+
+enum { CF_GEN = 1, CF_SERVE = 2, CF_BENCH = 4, CF_PPL = 8, CF_VERIFY = 16, CF_ALL = 31 };
+
+static const struct {
+    const char *name;
+    unsigned bit;
+} cfg_cmds[] = {{"generate", CF_GEN}, {"serve", CF_SERVE}, {"bench", CF_BENCH}, {"perplexity", CF_PPL}, {"verify", CF_VERIFY}};
+
+struct cfg_opt {
+    const char *name;  /* the key in a file */
+    const char *flag;  /* what it becomes on the command line */
+    const char *alias; /* its short form on the command line, or NULL */
+    bool value;        /* takes a value; else a switch */
+    unsigned cmds;     /* the commands that have it */
+};
+
+static const struct cfg_opt cfg_opts[] = {
+    /* boot_parse_opt: every model-running command */
+    {"model", "--model", "-m", true, CF_ALL},
+    {"tp", "--tp", NULL, true, CF_ALL},
+    {"threads", "--threads", "-t", true, CF_ALL},
+    {"backend", "--backend", NULL, true, CF_ALL},
+    {"simd", "--simd", NULL, true, CF_ALL},
+    {"ctx", "--ctx", "-c", true, CF_ALL},
+    {"max-batch-tokens", "--max-batch-tokens", NULL, true, CF_ALL},
+    {"kv-type", "--kv-type", NULL, true, CF_ALL},
+    {"kv-blocks", "--kv-blocks", NULL, true, CF_ALL},
+    {"device-mem", "--device-mem", NULL, true, CF_ALL},
+    {"mem-fraction", "--mem-fraction", NULL, true, CF_ALL},
+    {"quiet", "--quiet", "-q", false, CF_ALL},
+    /* sampling_parse_opt: generate */
+    {"temp", "--temp", NULL, true, CF_GEN},
+    {"top-k", "--top-k", NULL, true, CF_GEN},
+    {"top-p", "--top-p", NULL, true, CF_GEN},
+    {"min-p", "--min-p", NULL, true, CF_GEN},
+    {"repeat-penalty", "--repeat-penalty", NULL, true, CF_GEN},
+    {"repeat-last-n", "--repeat-last-n", NULL, true, CF_GEN},
+    {"presence-penalty", "--presence-penalty", NULL, true, CF_GEN},
+    {"frequency-penalty", "--frequency-penalty", NULL, true, CF_GEN},
+    {"seed", "--seed", "-s", true, CF_GEN},
+    {"stop", "--stop", NULL, true, CF_GEN},
+    /* generate */
+    {"prompt", "--prompt", "-p", true, CF_GEN | CF_VERIFY},
+    {"file", "--file", "-f", true, CF_GEN | CF_PPL},
+    {"n-predict", "--n-predict", "-n", true, CF_GEN},
+    {"chat", "--chat", NULL, false, CF_GEN},
+    {"system", "--system", NULL, true, CF_GEN},
+    {"chat-format", "--chat-format", NULL, true, CF_GEN | CF_SERVE},
+    {"ignore-eos", "--ignore-eos", NULL, false, CF_GEN},
+    {"no-bos", "--no-bos", NULL, false, CF_GEN},
+    {"show-tokens", "--show-tokens", NULL, false, CF_GEN},
+    {"dump-logits", "--dump-logits", NULL, true, CF_GEN},
+    /* serve */
+    {"host", "--host", NULL, true, CF_SERVE},
+    {"port", "--port", NULL, true, CF_SERVE},
+    {"api-key", "--api-key", NULL, true, CF_SERVE},
+    {"api-key-file", "--api-key-file", NULL, true, CF_SERVE},
+    {"zmq", "--zmq", NULL, true, CF_SERVE},
+    {"max-seqs", "--max-seqs", NULL, true, CF_SERVE},
+    {"max-queue", "--max-queue", NULL, true, CF_SERVE},
+    {"n-cand", "--n-cand", NULL, true, CF_SERVE},
+    {"max-body", "--max-body", NULL, true, CF_SERVE},
+    {"max-conns", "--max-conns", NULL, true, CF_SERVE},
+    {"timeout", "--timeout", NULL, true, CF_SERVE},
+    {"model-name", "--model-name", NULL, true, CF_SERVE},
+    /* bench */
+    {"n-prompt", "--n-prompt", "-p", true, CF_BENCH},
+    {"n-gen", "--n-gen", "-n", true, CF_BENCH},
+    {"batch", "--batch", "-b", true, CF_BENCH},
+    {"repeat", "--repeat", "-r", true, CF_BENCH},
+    {"json", "--json", NULL, false, CF_BENCH},
+    {"csv", "--csv", NULL, false, CF_BENCH},
+    /* perplexity */
+    {"chunks", "--chunks", NULL, true, CF_PPL},
+    /* verify */
+    {"n", "-n", NULL, true, CF_VERIFY},
+    {"tolerance", "--tolerance", NULL, true, CF_VERIFY},
+};
+#define CFG_N_OPTS (sizeof cfg_opts / sizeof cfg_opts[0])
+
+/* Where an argument from a file came from, found by its pointer (each one is a copy). */
+struct cfg_origin {
+    const char *arg;
+    const char *path;
+    int line;
+    const char *name, *value;
+};
+static struct cfg_origin *cfg_orig;
+static size_t cfg_n_orig, cfg_cap_orig;
+static const char *cfg_at; /* the argument the command's parser is at */
+static char **cfg_argv;    /* the expanded argv, kept for the life of the process */
+
+struct cfg_vec {
+    char **v;
+    size_t n, cap;
+};
+
+static int vec_push(struct cfg_vec *a, char *s) {
+    if (a->n + 1 >= a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 32;
+        char **nv = realloc(a->v, cap * sizeof *nv);
+        if (!nv) return -1;
+        a->v = nv;
+        a->cap = cap;
+    }
+    a->v[a->n++] = s;
+    a->v[a->n] = NULL; /* argv[argc] is NULL */
+    return 0;
+}
+
+static int note_origin(const char *arg, const char *path, int line, const char *name, const char *value) {
+    if (cfg_n_orig == cfg_cap_orig) {
+        size_t cap = cfg_cap_orig ? cfg_cap_orig * 2 : 32;
+        struct cfg_origin *n = realloc(cfg_orig, cap * sizeof *n);
+        if (!n) return -1;
+        cfg_orig = n;
+        cfg_cap_orig = cap;
+    }
+    cfg_orig[cfg_n_orig++] = (struct cfg_origin){arg, path, line, name, value};
+    return 0;
+}
+
+static unsigned cfg_cmd_bit(const char *cmd) {
+    for (size_t i = 0; i < sizeof cfg_cmds / sizeof cfg_cmds[0]; i++)
+        if (!strcmp(cmd, cfg_cmds[i].name)) return cfg_cmds[i].bit;
+    return 0;
+}
+
+static const struct cfg_opt *cfg_by_name(const char *name, unsigned bit) {
+    for (size_t i = 0; i < CFG_N_OPTS; i++)
+        if ((cfg_opts[i].cmds & bit) && !strcmp(cfg_opts[i].name, name)) return &cfg_opts[i];
+    return NULL;
+}
+
+static const struct cfg_opt *cfg_by_flag(const char *arg, unsigned bit) {
+    for (size_t i = 0; i < CFG_N_OPTS; i++)
+        if ((cfg_opts[i].cmds & bit) &&
+            (!strcmp(cfg_opts[i].flag, arg) || (cfg_opts[i].alias && !strcmp(cfg_opts[i].alias, arg))))
+            return &cfg_opts[i];
+    return NULL;
+}
+
+/* Edit distance of two short strings (for "did you mean"). */
+static size_t edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63) return 99;
+    size_t d[64], prev;
+    for (size_t j = 0; j <= lb; j++) d[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        prev = d[0];
+        d[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t cur = d[j];
+            size_t best = prev + (a[i - 1] != b[j - 1]);
+            if (d[j] + 1 < best) best = d[j] + 1;
+            if (d[j - 1] + 1 < best) best = d[j - 1] + 1;
+            d[j] = best;
+            prev = cur;
+        }
+    }
+    return d[lb];
+}
+
+/* The message for a key that `cmd` does not have: another command's option, or a near miss. */
+static void cfg_unknown(const char *cmd, unsigned bit, const char *path, int line, const char *name) {
+    unsigned other = 0;
+    for (size_t i = 0; i < CFG_N_OPTS; i++)
+        if (!strcmp(cfg_opts[i].name, name)) other |= cfg_opts[i].cmds;
+    if (other) {
+        char owners[128] = "";
+        for (size_t i = 0; i < sizeof cfg_cmds / sizeof cfg_cmds[0]; i++)
+            if (other & cfg_cmds[i].bit)
+                snprintf(owners + strlen(owners), sizeof owners - strlen(owners), "%s'tpllm %s'", owners[0] ? " or " : "",
+                         cfg_cmds[i].name);
+        fprintf(stderr, "%s:%d: '%s' is an option of %s, not of 'tpllm %s': use this file with %s, or remove the line\n",
+                path, line, name, owners, cmd, owners);
+        return;
+    }
+    const char *best = NULL;
+    size_t bd = 99;
+    for (size_t i = 0; i < CFG_N_OPTS; i++) {
+        if (!(cfg_opts[i].cmds & bit)) continue;
+        size_t d = edit_distance(name, cfg_opts[i].name);
+        if (d < bd) bd = d, best = cfg_opts[i].name;
+    }
+    size_t ln = strlen(name);
+    if (best && ((bd <= 2 && 2 * bd <= ln) || (strlen(best) > 6 && (!strncmp(name, best, 4) || bd <= strlen(best) / 3))))
+        fprintf(stderr, "%s:%d: unknown option '%s' for 'tpllm %s'; did you mean '%s'? (see 'tpllm %s --help': "
+                "the long names, without the dashes)\n", path, line, name, cmd, best, cmd);
+    else
+        fprintf(stderr, "%s:%d: unknown option '%s' for 'tpllm %s' (see 'tpllm %s --help': the long names, without the "
+                "dashes)\n", path, line, name, cmd, cmd);
+}
+
+static bool is_blank(char c) { return c == ' ' || c == '\t'; }
+
+/* One line, NUL-terminated, without its newline: 0 (a blank or comment line: *name NULL),
+ * 1 with name and value (pointers into the line, which is modified), -1 with a message. */
+static int cfg_split(char *s, const char *path, int line, char **name, char **value) {
+    *name = *value = NULL;
+    char *p = s;
+    while (is_blank(*p)) p++;
+    if (*p == '\0' || *p == '#') return 0;
+    char *n = p;
+    while (*p && *p != '=' && !is_blank(*p)) p++;
+    char *n_end = p;
+    while (is_blank(*p)) p++;
+    if (*p != '=') {
+        char *e = n + strlen(n);
+        while (e > n && is_blank(e[-1])) *--e = '\0';
+        if (*p) fprintf(stderr, "%s:%d: expected 'option = value', got '%s'\n", path, line, n);
+        else fprintf(stderr, "%s:%d: expected 'option = value', got '%s' (a switch is written '%s = true')\n", path, line, n, n);
+        return -1;
+    }
+    *n_end = '\0';
+    if (n == n_end) {
+        fprintf(stderr, "%s:%d: expected 'option = value': the option name is missing\n", path, line);
+        return -1;
+    }
+    if (n[0] == '-') {
+        const char *bare = n;
+        while (*bare == '-') bare++;
+        fprintf(stderr, "%s:%d: write option names without their dashes: '%s', not '%s'\n", path, line, bare, n);
+        return -1;
+    }
+    p++;
+    while (is_blank(*p)) p++;
+    char *v = p;
+    if (*p == '"') { /* quoted: up to the closing quote, \" and \\ escaped */
+        char *w = v;
+        p++;
+        while (*p && *p != '"') {
+            if (*p == '\\' && (p[1] == '"' || p[1] == '\\')) p++;
+            *w++ = *p++;
+        }
+        if (*p != '"') {
+            fprintf(stderr, "%s:%d: the value of '%s' has no closing '\"'\n", path, line, n);
+            return -1;
+        }
+        p++;
+        while (is_blank(*p)) p++;
+        if (*p && *p != '#') {
+            fprintf(stderr, "%s:%d: unexpected text after the quoted value of '%s': '%s'\n", path, line, n, p);
+            return -1;
+        }
+        *w = '\0';
+    } else { /* up to a '#' that starts the value or follows a blank; trailing blanks dropped */
+        char *e = p;
+        while (*e && !(*e == '#' && (e == v || is_blank(e[-1])))) e++;
+        while (e > v && is_blank(e[-1])) e--;
+        *e = '\0';
+    }
+    *name = n;
+    *value = v;
+    return 1;
+}
+
+static int cfg_switch(const char *v) {
+    static const char *on[] = {"true", "yes", "on", "1"}, *off[] = {"false", "no", "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (!strcasecmp(v, on[i])) return 1;
+        if (!strcasecmp(v, off[i])) return 0;
+    }
+    return -1;
+}
+
+static char *dup_or_die(const char *s) {
+    char *d = strdup(s);
+    if (!d) {
+        fprintf(stderr, "tpllm: out of memory reading a config file\n");
+        exit(1);
+    }
+    return d;
+}
+
+/* The options of one file, appended to out. 0, or -1 with a message. */
+static int cfg_load(const char *cmd, unsigned bit, const char *path, struct cfg_vec *out) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "tpllm %s: --config %s: cannot read it: %s\n", cmd, path, strerror(errno));
+        return -1;
+    }
+    char *buf = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int line = 0, rc = 0;
+    while (rc == 0 && (len = getline(&buf, &cap, f)) >= 0) {
+        line++;
+        if ((size_t)len != strlen(buf)) {
+            fprintf(stderr, "%s:%d: a NUL byte: this is not a text file\n", path, line);
+            rc = -1;
+            break;
+        }
+        while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) buf[--len] = '\0';
+        char *name, *value;
+        int s = cfg_split(buf, path, line, &name, &value);
+        if (s <= 0) {
+            rc = s;
+            continue;
+        }
+        if (!strcmp(name, "config")) {
+            fprintf(stderr, "%s:%d: a config file cannot name another (config = ...); give both with --config\n", path, line);
+            rc = -1;
+            break;
+        }
+        const struct cfg_opt *o = cfg_by_name(name, bit);
+        if (!o) {
+            cfg_unknown(cmd, bit, path, line, name);
+            rc = -1;
+            break;
+        }
+        int on = o->value ? 1 : cfg_switch(value);
+        if (on < 0) {
+            fprintf(stderr, "%s:%d: '%s' is a switch: its value is true or false, got '%s'\n", path, line, name, value);
+            rc = -1;
+            break;
+        }
+        if (o->value && !value[0]) {
+            fprintf(stderr, "%s:%d: '%s' needs a value\n", path, line, name);
+            rc = -1;
+            break;
+        }
+        if (!on) continue; /* a switch set to false: nothing to pass */
+        char *flag = dup_or_die(o->flag), *sname = dup_or_die(name), *svalue = dup_or_die(value);
+        if (vec_push(out, flag) || note_origin(flag, path, line, sname, svalue)) rc = -1;
+        if (rc == 0 && o->value && (vec_push(out, svalue) || note_origin(svalue, path, line, sname, svalue))) rc = -1;
+        if (rc) fprintf(stderr, "tpllm %s: out of memory reading %s\n", cmd, path);
+    }
+    if (ferror(f) && rc == 0) {
+        fprintf(stderr, "tpllm %s: --config %s: read error: %s\n", cmd, path, strerror(errno));
+        rc = -1;
+    }
+    free(buf);
+    fclose(f);
+    return rc;
+}
+
+int boot_config_expand(const char *cmd, int *argc, char ***argv) {
+    unsigned bit = cfg_cmd_bit(cmd);
+    if (!bit) return 0;
+    int n = *argc;
+    char **av = *argv;
+    /* the --config options of the command line (a value such as `-p --config` is not one) */
+    bool any = false;
+    for (int i = 1; i < n; i++) {
+        if (!strcmp(av[i], "--config")) {
+            if (i + 1 >= n) {
+                fprintf(stderr, "tpllm %s: --config needs a FILE (see configs/README.md)\n", cmd);
+                return -1;
+            }
+            any = true;
+            i++;
+        } else if (!strncmp(av[i], "--config=", 9)) {
+            any = true;
+        } else {
+            const struct cfg_opt *o = cfg_by_flag(av[i], bit);
+            if (o && o->value) i++;
+        }
+    }
+    if (!any) return 0;
+    struct cfg_vec out = {0};
+    if (vec_push(&out, av[0])) goto oom;
+    for (int i = 1; i < n; i++) {
+        const char *path = NULL;
+        if (!strcmp(av[i], "--config")) path = av[++i];
+        else if (!strncmp(av[i], "--config=", 9)) path = av[i] + 9;
+        else {
+            const struct cfg_opt *o = cfg_by_flag(av[i], bit);
+            if (o && o->value) i++;
+            continue;
+        }
+        if (!path[0]) {
+            fprintf(stderr, "tpllm %s: --config needs a FILE (see configs/README.md)\n", cmd);
+            goto fail;
+        }
+        if (cfg_load(cmd, bit, path, &out)) goto fail;
+    }
+    /* then the command line without its --config options: read last, it wins */
+    for (int i = 1; i < n; i++) {
+        if (!strcmp(av[i], "--config")) {
+            i++;
+            continue;
+        }
+        if (!strncmp(av[i], "--config=", 9)) continue;
+        const struct cfg_opt *o = cfg_by_flag(av[i], bit);
+        if (vec_push(&out, av[i])) goto oom;
+        if (o && o->value && i + 1 < n && vec_push(&out, av[++i])) goto oom;
+    }
+    *argc = (int)out.n;
+    *argv = cfg_argv = out.v;
+    return 0;
+oom:
+    fprintf(stderr, "tpllm %s: out of memory expanding --config\n", cmd);
+fail:
+    free(out.v); /* the strings stay: the origins table points at them */
+    return -1;
+}
+
+void boot_config_at(const char *arg) { cfg_at = arg; }
+
+void boot_config_blame(void) {
+    if (!cfg_at) return;
+    for (size_t i = 0; i < cfg_n_orig; i++)
+        if (cfg_orig[i].arg == cfg_at) {
+            fprintf(stderr, "%s:%d: that is this line of the config file: %s = %s\n", cfg_orig[i].path, cfg_orig[i].line,
+                    cfg_orig[i].name, cfg_orig[i].value);
+            return;
+        }
 }

@@ -28,6 +28,20 @@ int boot_parse_opt(struct boot_opts *o, int argc, char **argv, int *i);
 /* Usage lines for the shared options. */
 extern const char *boot_opts_usage;
 
+/* --config FILE, for generate, serve, bench, perplexity and verify (`cmd`; other commands are
+ * left alone): replaces *argc / *argv (argv[0] is the command's name) with the options of
+ * every --config FILE, in order, followed by the command line without its --config options,
+ * so that the command's parser reads the files first and the command line wins. Checks the
+ * file's syntax and that each option exists for `cmd`; the values are left to the parser.
+ * Returns 0, or -1 with a message naming the file, the line and the option. */
+int boot_config_expand(const char *cmd, int *argc, char ***argv);
+/* The command's parser calls boot_config_at(argv[i]) for each argument it reads, and
+ * boot_config_at(NULL) when it is done; after a parse error, boot_config_blame() names the
+ * config file line that the offending argument came from (nothing if it came from the
+ * command line). */
+void boot_config_at(const char *arg);
+void boot_config_blame(void);
+
 struct boot {
     int rank, size;
     struct comm *comm;       /* MPI: control messages, host buffers */

@@ -68,6 +68,7 @@ static int parse(struct bench_args *a, int argc, char **argv) {
     a->batch[0] = 1, a->n_batch = 1;
     a->repeat = 3;
     for (int i = 1; i < argc; i++) {
+        boot_config_at(argv[i]);
         int r = boot_parse_opt(&a->bo, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
@@ -102,6 +103,7 @@ static int parse(struct bench_args *a, int argc, char **argv) {
             return 2;
         }
     }
+    boot_config_at(NULL);
     if (!a->bo.model) {
         fprintf(stderr, "tpllm bench: no model given; pass -m FILE.gguf\n");
         return 2;

@@ -70,6 +70,7 @@ static int parse(struct gen_args *a, int argc, char **argv) {
     sampling_opts_default(&a->so);
     a->n_predict = 128;
     for (int i = 1; i < argc; i++) {
+        boot_config_at(argv[i]);
         int r = boot_parse_opt(&a->bo, argc, argv, &i);
         if (r == 0) r = sampling_parse_opt(&a->so, argc, argv, &i);
         if (r < 0) return 2;
@@ -101,6 +102,7 @@ static int parse(struct gen_args *a, int argc, char **argv) {
             return 2;
         }
     }
+    boot_config_at(NULL);
     if (!a->bo.model) {
         fprintf(stderr, "tpllm generate: no model given; pass -m FILE.gguf (see 'tpllm generate --help')\n");
         return 2;

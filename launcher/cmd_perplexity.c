@@ -126,6 +126,7 @@ int cmd_perplexity(int argc, char **argv) {
     const char *path = NULL;
     int64_t max_chunks = 0;
     for (int i = 1; i < argc; i++) {
+        boot_config_at(argv[i]);
         int r = boot_parse_opt(&bo, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
@@ -146,6 +147,7 @@ int cmd_perplexity(int argc, char **argv) {
             return 2;
         }
     }
+    boot_config_at(NULL);
     bo.eng.max_logits = bo.eng.max_batch_tokens;
     if (!bo.model || !path) {
         fprintf(stderr, "tpllm perplexity: give the model (-m FILE.gguf) and the text (-f FILE)\n");

@@ -69,6 +69,7 @@ static int parse(struct serve_args *a, int argc, char **argv) {
     a->ho = (struct http_opts){.host = "127.0.0.1", .port = 8080, .max_body = 1 << 20, .max_conns = 64, .timeout_s = 60};
     a->max_queue = 256;
     for (int i = 1; i < argc; i++) {
+        boot_config_at(argv[i]);
         int r = boot_parse_opt(&a->bo, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
@@ -127,6 +128,7 @@ static int parse(struct serve_args *a, int argc, char **argv) {
             return 2;
         }
     }
+    boot_config_at(NULL);
     if (!a->bo.model) {
         fprintf(stderr, "tpllm serve: no model given; pass -m FILE.gguf (see 'tpllm serve --help')\n");
         return 2;

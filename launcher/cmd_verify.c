@@ -103,6 +103,7 @@ int cmd_verify(int argc, char **argv) {
     int64_t n_gen = 16;
     double tol = 1e-3;
     for (int i = 1; i < argc; i++) {
+        boot_config_at(argv[i]);
         int r = boot_parse_opt(&bo, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
@@ -130,6 +131,7 @@ int cmd_verify(int argc, char **argv) {
             return 2;
         }
     }
+    boot_config_at(NULL);
     if (!bo.model) {
         fprintf(stderr, "tpllm verify: no model given; pass -m FILE.gguf\n");
         return 2;

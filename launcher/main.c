@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "boot.h"
 #include "commands.h"
 
 struct command {
@@ -40,8 +41,16 @@ int main(int argc, char **argv) {
         printf("tpllm %s\n", TPLLM_VERSION);
         return 0;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(argv[1], commands[i].name)) continue;
+        int sub_argc = argc - 1;
+        char **sub_argv = argv + 1;
+        /* --config FILE (the model-running commands): the file's options go first */
+        if (boot_config_expand(commands[i].name, &sub_argc, &sub_argv)) return 2;
+        int rc = commands[i].run(sub_argc, sub_argv);
+        if (rc == 2) boot_config_blame(); /* a bad option from a config file: name its line */
+        return rc;
+    }
     fprintf(stderr, "tpllm: unknown command '%s'. Run 'tpllm --help' for the list of commands.\n", argv[1]);
     return 2;
 }
