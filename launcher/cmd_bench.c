@@ -19,13 +19,15 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_serve.h"
 #include "boot.h"
 #include "commands.h"
 #include "runtime/serve/sched.h"
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: [mpirun -np N] tpllm bench -m FILE [-p LIST] [-n LIST] [-b LIST] [--repeat R] [--json|--csv]\n\n"
+            "usage: [mpirun -np N] tpllm bench -m FILE [-p LIST] [-n LIST] [-b LIST] [--repeat R] [--json|--csv]\n"
+            "       tpllm bench serve --url URL ...   (online load test of a running server: see its --help)\n\n"
             "  -p, --n-prompt LIST     prompt lengths to time (default 512); 0 for none\n"
             "  -n, --n-gen LIST        generated tokens per sequence for the decode tests (default 128); 0 for none\n"
             "  -b, --batch LIST        sequences decoding at once (default 1); e.g. 1,4,16,64\n"
@@ -321,6 +323,7 @@ static void print_results(const struct bench_args *a, struct boot *b, const stru
 }
 
 int cmd_bench(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "serve")) return cmd_bench_serve(argc - 1, argv + 1);
     struct bench_args a;
     int prc = parse(&a, argc, argv);
     if (prc) return prc == 1 ? 0 : prc;

@@ -40,5 +40,34 @@ if "$bin" bench -m "$work/m.gguf" -b 0 >/dev/null 2>"$work/err"; then echo "FAIL
 grep -q "integers in \[1, 1024\]" "$work/err" || { echo "FAIL: -b 0 message"; cat "$work/err"; fail=1; }
 if "$bin" bench -m "$work/m.gguf" -p 1,x >/dev/null 2>"$work/err"; then echo "FAIL: -p 1,x accepted"; fail=1; fi
 grep -q "comma-separated list" "$work/err" || { echo "FAIL: -p message"; cat "$work/err"; fail=1; }
-[ "$fail" = 0 ] && echo "bench: sweeps at tp=1,2, json, csv, markdown, errors checked"
+# bench serve: against a running tpllm serve (started here on a free port, ended by its pid)
+"$bin" serve -m "$work/m.gguf" --port 0 --threads 1 --max-seqs 8 2>"$work/serve.err" &
+spid=$!
+port=""
+for _ in $(seq 1 100); do
+    port=$(sed -n 's/.*serving http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$work/serve.err")
+    [ -n "$port" ] && break
+    kill -0 "$spid" 2>/dev/null || break
+    sleep 0.2
+done
+if [ -z "$port" ]; then echo "FAIL: serve did not start"; cat "$work/serve.err"; fail=1; else
+    if timeout 120 "$bin" bench serve --url "http://127.0.0.1:$port" --requests 24 --concurrency 6 --rate 40 \
+        --max-tokens 16 --json >"$work/bs.json"; then
+        "$py" - "$work/bs.json" <<'PY' || fail=1
+import json, sys
+d = json.load(open(sys.argv[1]))
+ok = d["completed"] == 24 and d["errors"] == 0 and d["output_token_throughput"] > 0 and \
+     0 < d["ttft_s"]["p50"] <= d["ttft_s"]["p99"] and d["tpot_s"]["p50"] > 0
+print(("" if ok else "FAIL: ") + f"bench serve: {d['completed']}/24 completed, {d['output_token_throughput']:.0f} tok/s, "
+      f"TTFT p50 {1e3 * d['ttft_s']['p50']:.1f} ms")
+sys.exit(0 if ok else 1)
+PY
+    else echo "FAIL: bench serve"; cat "$work/bs.json"; fail=1; fi
+    if "$bin" bench serve --url "http://127.0.0.1:1" --requests 2 >/dev/null 2>&1; then
+        echo "FAIL: bench serve against a closed port reported success"; fail=1; fi
+fi
+kill -TERM "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true
+if "$bin" bench serve --requests 2 >/dev/null 2>"$work/err"; then echo "FAIL: bench serve without --url"; fail=1; fi
+grep -q -- "--url http://HOST:PORT" "$work/err" || { echo "FAIL: bench serve --url message"; cat "$work/err"; fail=1; }
+[ "$fail" = 0 ] && echo "bench: sweeps at tp=1,2, json, csv, markdown, bench serve, errors checked"
 exit $fail
