@@ -38,7 +38,7 @@ if [ "$MODE" = prepare ]; then
         apt-get update -q >/dev/null
         bash /work/shared/device/openmpi-debs.sh .device-debs
     fi
-    (cd .device-debs && apt-get download -q libjansson4 libmicrohttpd12 >/dev/null 2>&1) ||
+    (cd .device-debs && apt-get download -q libjansson4 libmicrohttpd12 libcurl4 >/dev/null 2>&1) ||
         echo "note: could not fetch libjansson4/libmicrohttpd12 debs (the GPU image may have them)"
     cmake -S "$ROOT" -B "$ROOT/build-gpu" -DTPLLM_CUDA=ON -DTPLLM_CUDA_ARCHS=90 -DCMAKE_BUILD_TYPE=Release >/dev/null
     targets="tpllm"
