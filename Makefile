@@ -11,7 +11,7 @@ MODEL ?= models/gemma-3-270m-q4_k_m.gguf
 PROMPT ?= The capital of France is
 PORT ?= 8080
 APT_PKGS := build-essential cmake pkg-config python3 python3-venv libopenmpi-dev openmpi-bin \
-            libcriterion-dev libzmq3-dev libmicrohttpd-dev libjansson-dev libpcre2-dev libcurl4-openssl-dev libsimde-dev
+            libcriterion-dev libzmq3-dev libmicrohttpd-dev libjansson-dev libpcre2-dev libcurl4-openssl-dev libsimde-dev gnuplot-nox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS ?= $(shell nproc)
 

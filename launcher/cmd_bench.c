@@ -32,7 +32,9 @@ static void usage(FILE *out) {
             "  -n, --n-gen LIST        generated tokens per sequence for the decode tests (default 128); 0 for none\n"
             "  -b, --batch LIST        sequences decoding at once (default 1); e.g. 1,4,16,64\n"
             "  -r, --repeat R          repetitions of each test (default 3): mean and stddev\n"
-            "  --json, --csv           machine-readable output instead of the Markdown table\n%s",
+            "  --json, --csv           machine-readable output instead of the Markdown table\n"
+            "  --plot FILE.png         also draw decode tok/s against batch size (with the roofline) and prompt\n"
+            "                          tok/s against prompt length (needs gnuplot: apt-get install gnuplot-nox)\n%s",
             boot_opts_usage);
 }
 
@@ -43,6 +45,7 @@ struct bench_args {
     int64_t pp[BENCH_MAX_LIST], tg[BENCH_MAX_LIST], batch[BENCH_MAX_LIST];
     int n_pp, n_tg, n_batch, repeat;
     enum { OUT_MD, OUT_JSON, OUT_CSV } out;
+    const char *plot; /* --plot FILE.png */
 };
 
 static int parse_list(const char *flag, const char *v, int64_t lo, int64_t hi, int64_t *out, int *n) {
@@ -82,6 +85,8 @@ static int parse(struct bench_args *a, int argc, char **argv) {
             a->out = OUT_JSON;
         } else if (!strcmp(o, "--csv")) {
             a->out = OUT_CSV;
+        } else if (v && !strcmp(o, "--plot")) {
+            a->plot = argv[++i];
         } else if (v && (!strcmp(o, "-p") || !strcmp(o, "--n-prompt"))) {
             if (parse_list(o, argv[++i], 0, 1 << 20, a->pp, &a->n_pp)) return 2;
         } else if (v && (!strcmp(o, "-n") || !strcmp(o, "--n-gen"))) {
@@ -322,6 +327,40 @@ static void print_results(const struct bench_args *a, struct boot *b, const stru
                "weight bytes\n", gib, bw);
 }
 
+/* Draws the sweep with gnuplot into a PNG: decode tok/s (mean and stddev) against the
+ * batch size with the roofline, one line per generated length; prompt tok/s against the
+ * prompt length. 0, or -1 with a message (no gnuplot, or it failed). */
+static int plot(const struct bench_args *a, const struct result *r, int n, const char *title) {
+    FILE *g = popen("gnuplot 2>&1", "w");
+    if (!g) {
+        fprintf(stderr, "tpllm bench: --plot needs gnuplot (apt-get install gnuplot-nox)\n");
+        return -1;
+    }
+    fprintf(g, "set terminal pngcairo noenhanced size 1200,480 font ',10'\nset output '%s'\n", a->plot);
+    fprintf(g, "set multiplot layout 1,2 title \"%s\"\nset grid\nset key top left\n", title);
+    fprintf(g, "set title 'decode: aggregate tok/s vs batch'\nset xlabel 'sequences decoding at once'\n"
+               "set ylabel 'tok/s'\nset logscale x 2\n");
+    fprintf(g, "plot '-' using 1:2:3 with yerrorlines title 'tpllm (mean, stddev)', '-' using 1:2 with lines dt 2 "
+               "title 'roofline (memory bandwidth)'\n");
+    for (int i = 0; i < n; i++)
+        if (r[i].n_gen > 1) fprintf(g, "%lld %g %g\n", (long long)r[i].batch, r[i].mean, r[i].sd);
+    fprintf(g, "e\n");
+    for (int i = 0; i < n; i++)
+        if (r[i].n_gen > 1) fprintf(g, "%lld %g\n", (long long)r[i].batch, r[i].roofline);
+    fprintf(g, "e\nunset logscale x\nset title 'prompt processing: tok/s vs prompt length'\n"
+               "set xlabel 'prompt tokens'\nplot '-' using 1:2:3 with yerrorlines title 'tpllm (mean, stddev)'\n");
+    for (int i = 0; i < n; i++)
+        if (r[i].n_gen <= 1) fprintf(g, "%lld %g %g\n", (long long)r[i].n_prompt, r[i].mean, r[i].sd);
+    fprintf(g, "e\nunset multiplot\n");
+    int st = pclose(g);
+    if (st != 0) {
+        fprintf(stderr, "tpllm bench: gnuplot failed (status %d) drawing '%s'; is gnuplot-nox installed with the "
+                "pngcairo terminal?\n", st, a->plot);
+        return -1;
+    }
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "serve")) return cmd_bench_serve(argc - 1, argv + 1);
     struct bench_args a;
@@ -363,6 +402,13 @@ int cmd_bench(int argc, char **argv) {
             status = 1;
         } else {
             print_results(&a, &b, res, n, bw, backend);
+            if (a.plot) {
+                char title[512];
+                const char *nm = strrchr(a.bo.model, '/') ? strrchr(a.bo.model, '/') + 1 : a.bo.model;
+                snprintf(title, sizeof title, "tpllm bench: %s, tp=%d, %s", nm, b.size, backend);
+                if (plot(&a, res, n, title)) status = 1;
+                else if (a.out == OUT_MD) printf("\nplot: %s\n", a.plot);
+            }
         }
         tp_err e2 = {0};
         if (engine_shutdown(b.engine, &e2)) comm_abort(b.comm, 1, e2.msg);

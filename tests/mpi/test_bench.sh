@@ -40,6 +40,15 @@ if "$bin" bench -m "$work/m.gguf" -b 0 >/dev/null 2>"$work/err"; then echo "FAIL
 grep -q "integers in \[1, 1024\]" "$work/err" || { echo "FAIL: -b 0 message"; cat "$work/err"; fail=1; }
 if "$bin" bench -m "$work/m.gguf" -p 1,x >/dev/null 2>"$work/err"; then echo "FAIL: -p 1,x accepted"; fail=1; fi
 grep -q "comma-separated list" "$work/err" || { echo "FAIL: -p message"; cat "$work/err"; fail=1; }
+# --plot: a PNG (gnuplot draws it; make deps installs gnuplot-nox)
+if command -v gnuplot >/dev/null 2>&1; then
+    "$bin" bench -m "$work/m.gguf" -p 16,32 -n 4 -b 1,2 -r 1 --threads 1 -q --plot "$work/b.png" >/dev/null 2>"$work/err" ||
+        { echo "FAIL: --plot"; cat "$work/err"; fail=1; }
+    head -c 8 "$work/b.png" 2>/dev/null | od -An -c | grep -q "P   N   G" || { echo "FAIL: --plot wrote no PNG"; fail=1; }
+else
+    echo "note: no gnuplot: --plot not checked"
+fi
+
 # bench serve: against a running tpllm serve (started here on a free port, ended by its pid)
 "$bin" serve -m "$work/m.gguf" --port 0 --threads 1 --max-seqs 8 2>"$work/serve.err" &
 spid=$!
