@@ -441,6 +441,7 @@ static const struct cfg_opt cfg_opts[] = {
     {"repeat", "--repeat", "-r", true, CF_BENCH},
     {"json", "--json", NULL, false, CF_BENCH},
     {"csv", "--csv", NULL, false, CF_BENCH},
+    {"plot", "--plot", NULL, true, CF_BENCH},
     /* perplexity */
     {"chunks", "--chunks", NULL, true, CF_PPL},
     /* verify */
