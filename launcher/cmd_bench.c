@@ -339,14 +339,20 @@ static int plot(const struct bench_args *a, const struct result *r, int n, const
     fprintf(g, "set terminal pngcairo noenhanced size 1200,480 font ',10'\nset output '%s'\n", a->plot);
     fprintf(g, "set multiplot layout 1,2 title \"%s\"\nset grid\nset key top left\n", title);
     fprintf(g, "set title 'decode: aggregate tok/s vs batch'\nset xlabel 'sequences decoding at once'\n"
-               "set ylabel 'tok/s'\nset logscale x 2\n");
+               "set ylabel 'tok/s'\nset logscale x 2\nset yrange [0:*]\n");
+    /* the ceiling: the weights' memory roofline, but a batch cannot decode faster than the
+     * same build processes a prompt (the same matmuls, compute bound) */
+    double pp_best = 0;
+    for (int i = 0; i < n; i++)
+        if (r[i].n_gen <= 1) pp_best = TP_MAX(pp_best, r[i].mean);
     fprintf(g, "plot '-' using 1:2:3 with yerrorlines title 'tpllm (mean, stddev)', '-' using 1:2 with lines dt 2 "
-               "title 'roofline (memory bandwidth)'\n");
+               "title '%s'\n", pp_best > 0 ? "ceiling: min(memory roofline, prompt tok/s)" : "memory roofline");
     for (int i = 0; i < n; i++)
         if (r[i].n_gen > 1) fprintf(g, "%lld %g %g\n", (long long)r[i].batch, r[i].mean, r[i].sd);
     fprintf(g, "e\n");
     for (int i = 0; i < n; i++)
-        if (r[i].n_gen > 1) fprintf(g, "%lld %g\n", (long long)r[i].batch, r[i].roofline);
+        if (r[i].n_gen > 1)
+            fprintf(g, "%lld %g\n", (long long)r[i].batch, pp_best > 0 ? TP_MIN(r[i].roofline, pp_best) : r[i].roofline);
     fprintf(g, "e\nunset logscale x\nset title 'prompt processing: tok/s vs prompt length'\n"
                "set xlabel 'prompt tokens'\nplot '-' using 1:2:3 with yerrorlines title 'tpllm (mean, stddev)'\n");
     for (int i = 0; i < n; i++)
