@@ -1157,25 +1157,11 @@ Test(cpu_ops, topk_gives_the_same_bits_on_every_level_and_thread_count) {
         int64_t n, k;
     } cs[] = {{1, 1}, {7, 3}, {31, 0}, {33, 1}, {100, 5}, {1000, 40}, {1000, 1000}, {5003, 64}, {70001, 40}, {151936, 1}};
     for (size_t c = 0; c < TP_ARRAY_LEN(cs); c++)
-        for (int kind = 0; kind < 7; kind++) {
+        for (int kind = 0; kind < TU_TOPK_KINDS; kind++) {
             const int64_t n = cs[c].n, k = cs[c].k;
             const int64_t nr = TP_MIN(3 * TP_MAX(1, 65536 / n) + 1, 2000);
             float *x = tu_xmalloc((size_t)(nr * n) * sizeof(float));
-            for (int64_t i = 0; i < nr * n; i++) {
-                const int64_t j = i % n;
-                if (kind == 0) x[i] = tu_uniform(&r, -20.0f, 20.0f);
-                else if (kind == 1) x[i] = (float)(tu_next(&r) % 6) - 2.5f;
-                else if (kind == 2) x[i] = tu_next(&r) % 4 == 0 ? -INFINITY : tu_uniform(&r, -5.0f, 5.0f);
-                else if (kind == 3) x[i] = (float)j * 0.013f + tu_uniform(&r, -0.5f, 0.5f); /* rising: new maxima */
-                else if (kind == 4) {
-                    uint64_t u = tu_next(&r) % 4096;
-                    x[i] = u == 0 ? NAN : u == 1 ? INFINITY : u < 40 ? -INFINITY : tu_uniform(&r, -60.0f, 60.0f);
-                } else { /* e^-40-ish terms (some -inf in kind 6): lse = log(1 + their sum) shows its order */
-                    x[i] = kind == 6 && tu_next(&r) % 64 == 0 ? -INFINITY : tu_uniform(&r, -42.0f, -38.0f);
-                }
-            }
-            if (kind >= 5) /* the maximum, 0, somewhere in each row */
-                for (int64_t row = 0; row < nr; row++) x[row * n + (int64_t)(tu_next(&r) % (uint64_t)n)] = 0.0f;
+            tu_fill_topk_rows(&r, x, nr, n, kind);
             const size_t nk = (size_t)(nr * k);
             int32_t *ri = tu_xmalloc(nk * sizeof(int32_t) + 4), *gi = tu_xmalloc(nk * sizeof(int32_t) + 4);
             float *rv = tu_xmalloc(nk * sizeof(float) + 4), *gv = tu_xmalloc(nk * sizeof(float) + 4);

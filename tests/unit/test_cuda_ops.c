@@ -928,24 +928,10 @@ Test(cuda_ops, topk_lse_is_bit_identical_to_cpu_in_every_reading_order) {
     } cs[] = {{1, 1}, {7, 3}, {31, 0}, {33, 1}, {100, 5}, {1000, 40}, {1000, 256}, {5003, 64}, {5003, 300},
               {70001, 40}, {151936, 1}};
     for (size_t ci = 0; ci < TP_ARRAY_LEN(cs); ci++)
-        for (int kind = 0; kind < 7; kind++) {
+        for (int kind = 0; kind < TU_TOPK_KINDS; kind++) {
             const int64_t n = cs[ci].n, k = cs[ci].k, rows = 3;
             float *x = tu_xmalloc((size_t)(rows * n) * sizeof(float));
-            for (int64_t i = 0; i < rows * n; i++) {
-                const int64_t j = i % n;
-                if (kind == 0) x[i] = tu_uniform(&r, -20.0f, 20.0f);
-                else if (kind == 1) x[i] = (float)(tu_next(&r) % 6) - 2.5f;
-                else if (kind == 2) x[i] = tu_next(&r) % 4 == 0 ? -INFINITY : tu_uniform(&r, -5.0f, 5.0f);
-                else if (kind == 3) x[i] = (float)j * 0.013f + tu_uniform(&r, -0.5f, 0.5f); /* rising: new maxima */
-                else if (kind == 4) {
-                    uint64_t u = tu_next(&r) % 4096;
-                    x[i] = u == 0 ? NAN : u == 1 ? INFINITY : u < 40 ? -INFINITY : tu_uniform(&r, -60.0f, 60.0f);
-                } else {
-                    x[i] = kind == 6 && tu_next(&r) % 64 == 0 ? -INFINITY : tu_uniform(&r, -42.0f, -38.0f);
-                }
-            }
-            if (kind >= 5)
-                for (int64_t row = 0; row < rows; row++) x[row * n + (int64_t)(tu_next(&r) % (uint64_t)n)] = 0.0f;
+            tu_fill_topk_rows(&r, x, rows, n, kind);
             check_topk(g, c, x, rows, n, k);
             free(x);
         }

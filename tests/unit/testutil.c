@@ -127,3 +127,21 @@ int tu_cuda_devices(void) {
     if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return 0;
     return WEXITSTATUS(st);
 }
+
+void tu_fill_topk_rows(tu_rng *r, float *x, int64_t rows, int64_t n, int kind) {
+    for (int64_t i = 0; i < rows * n; i++) {
+        const int64_t j = i % n;
+        if (kind == 0) x[i] = tu_uniform(r, -20.0f, 20.0f);
+        else if (kind == 1) x[i] = (float)(tu_next(r) % 6) - 2.5f;
+        else if (kind == 2) x[i] = tu_next(r) % 4 == 0 ? -INFINITY : tu_uniform(r, -5.0f, 5.0f);
+        else if (kind == 3) x[i] = (float)j * 0.013f + tu_uniform(r, -0.5f, 0.5f); /* rising: new maxima */
+        else if (kind == 4) {
+            uint64_t u = tu_next(r) % 4096;
+            x[i] = u == 0 ? NAN : u == 1 ? INFINITY : u < 40 ? -INFINITY : tu_uniform(r, -60.0f, 60.0f);
+        } else { /* e^-40-ish terms (some -inf in kind 6): lse = log(1 + their sum) shows its order */
+            x[i] = kind == 6 && tu_next(r) % 64 == 0 ? -INFINITY : tu_uniform(r, -42.0f, -38.0f);
+        }
+    }
+    if (kind >= 5) /* the maximum, 0, somewhere in each row */
+        for (int64_t row = 0; row < rows; row++) x[row * n + (int64_t)(tu_next(r) % (uint64_t)n)] = 0.0f;
+}

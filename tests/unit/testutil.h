@@ -13,6 +13,10 @@ uint64_t tu_next(tu_rng *r);
 float tu_uniform(tu_rng *r, float lo, float hi);
 float tu_normal(tu_rng *r);
 void tu_fill_uniform(tu_rng *r, float *x, size_t n, float lo, float hi);
+/* rows x n logits of one of 7 kinds that stress a top-k / log-sum-exp (TU_TOPK_KINDS):
+ * uniform, ties, -inf runs, rising maxima, NaN/inf mixes, e^-40 terms (kind 6 with -inf). */
+#define TU_TOPK_KINDS 7
+void tu_fill_topk_rows(tu_rng *r, float *x, int64_t rows, int64_t n, int kind);
 /* A fresh temporary file path (under $TMPDIR) with the given suffix; caller frees. */
 char *tu_tmp_path(const char *suffix);
 /* Path of a file under the source tree; caller frees. */
