@@ -438,6 +438,7 @@ static const struct cfg_opt cfg_opts[] = {
     {"n-prompt", "--n-prompt", "-p", true, CF_BENCH},
     {"n-gen", "--n-gen", "-n", true, CF_BENCH},
     {"batch", "--batch", "-b", true, CF_BENCH},
+    {"depth", "--depth", "-d", true, CF_BENCH},
     {"repeat", "--repeat", "-r", true, CF_BENCH},
     {"json", "--json", NULL, false, CF_BENCH},
     {"csv", "--csv", NULL, false, CF_BENCH},
