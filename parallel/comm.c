@@ -83,6 +83,27 @@ int comm_all_gather(struct comm *c, const void *send, void *recv, size_t bytes, 
     return 0;
 }
 
+int comm_all_to_all(struct comm *c, const void *send, void *recv, size_t bytes, tp_err *e) {
+    int rc = comm_enter(c, e, "all-to-all");
+    if (rc) return rc;
+    if (!c->ops->all_to_all)
+        return tp_errf(e, TP_EUNSUPPORTED, "all-to-all: the %s transport has none (check comm_has_all_to_all)",
+                       c->ops->kind);
+    size_t total;
+    if (!tp_mul_size(bytes, (size_t)c->topo.size, &total))
+        return tp_errf(e, TP_EINVAL, "all-to-all of %zu bytes per rank pair over %d ranks overflows size_t", bytes,
+                       c->topo.size);
+    if (bytes > 0 && (!send || !recv || send == recv))
+        return tp_errf(e, TP_EINVAL, "all-to-all of %zu bytes per rank pair: NULL or shared send and receive buffers",
+                       bytes);
+    double t0 = comm_now();
+    if ((rc = c->ops->all_to_all(c, send, recv, bytes, e))) return rc;
+    comm_account(c, t0, total);
+    return 0;
+}
+
+bool comm_has_all_to_all(const struct comm *c) { return c && c->ops->all_to_all; }
+
 int comm_bcast(struct comm *c, void *buf, size_t bytes, int root, tp_err *e) {
     int rc = comm_enter(c, e, "broadcast");
     if (rc) return rc;

@@ -62,6 +62,16 @@ int comm_all_reduce_sum(struct comm *c, float *buf, int64_t n, tp_err *e);
 /* recv[r * bytes .. (r+1) * bytes) = rank r's send, on every rank. send may be
  * recv + rank * bytes (in place); bytes must fit in an int. */
 int comm_all_gather(struct comm *c, const void *send, void *recv, size_t bytes, tp_err *e);
+/* recv[p * bytes .. (p+1) * bytes) = block `rank` of rank p's send (send[rank * bytes ..]),
+ * on every rank: each rank sends block q of its send to rank q. send and recv are distinct
+ * buffers of size * bytes; bytes must fit in an int. TP_EUNSUPPORTED on transports without
+ * it (see comm_has_all_to_all). With a local sum in rank order it makes a deterministic
+ * reduce-scatter (runtime/forward.c's row-parallel reduction). */
+int comm_all_to_all(struct comm *c, const void *send, void *recv, size_t bytes, tp_err *e);
+/* Whether comm_all_to_all works on this communicator: the MPI transport (host buffers);
+ * not the device transports, whose reductions all-gather instead (NVLink makes the bytes
+ * cheap there, and NCCL has no all-to-all of its own). */
+bool comm_has_all_to_all(const struct comm *c);
 /* Rank root's buf is copied to every rank. */
 int comm_bcast(struct comm *c, void *buf, size_t bytes, int root, tp_err *e);
 int comm_barrier(struct comm *c, tp_err *e);

@@ -21,6 +21,8 @@ struct comm_ops {
      * c->op_seconds; otherwise comm.c counts the wall time of the call. */
     int (*all_reduce_sum)(struct comm *c, float *buf, int64_t n, tp_err *e);
     int (*all_gather)(struct comm *c, const void *send, void *recv, size_t bytes, tp_err *e);
+    /* NULL where the transport has none (comm_has_all_to_all says so). */
+    int (*all_to_all)(struct comm *c, const void *send, void *recv, size_t bytes, tp_err *e);
     int (*bcast)(struct comm *c, void *buf, size_t bytes, int root, tp_err *e);
     int (*barrier)(struct comm *c, tp_err *e);
     /* NULL: streams do not apply (host transport) and comm_set_stream does nothing. */

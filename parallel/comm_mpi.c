@@ -34,6 +34,7 @@
 #define COMM_TAG_REPLY 7102                     /* the answer (int64 seq) */
 #define COMM_SPIN_TESTS 64u                     /* back-to-back MPI_Test calls before yielding */
 #define COMM_YIELD_S 1e-3                       /* then test + sched_yield for this long */
+#define COMM_YIELD_BYTES_PER_S 2e8              /* ... plus the bytes received at this rate */
 #define COMM_SLEEP_MIN_NS 10000L                /* then sleep, doubling from 10 us ... */
 #define COMM_SLEEP_MAX_NS 1000000L              /* ... to 1 ms */
 #define COMM_CHUNK_BYTES ((size_t)1 << 30)      /* larger calls are split: MPI counts are int */
@@ -172,9 +173,14 @@ done:
     free(state);
 }
 
-/* Complete req by polling with backoff, or fail with TP_ECOMM at the deadline. */
-static int comm_wait(struct comm *c, MPI_Request *req, const char *what, tp_err *e) {
+/* Complete req by polling with backoff, or fail with TP_ECOMM at the deadline. `bytes`
+ * (what this rank receives) lengthens the phase without sleeps: Open MPI moves a large
+ * message in fragments, each only as MPI_Test progresses it, so a 1 ms sleep between tests
+ * would cap a 5 MB all-gather at a few hundred fragments per second (it took 72 ms instead
+ * of a few). The phase covers the transfer at COMM_YIELD_BYTES_PER_S. */
+static int comm_wait(struct comm *c, MPI_Request *req, const char *what, size_t bytes, tp_err *e) {
     double start = comm_now(), deadline = start + c->timeout_s;
+    const double yield_s = COMM_YIELD_S + (double)bytes / COMM_YIELD_BYTES_PER_S;
     long sleep_ns = COMM_SLEEP_MIN_NS;
     for (unsigned i = 0;; i++) {
         int done = 0;
@@ -182,7 +188,7 @@ static int comm_wait(struct comm *c, MPI_Request *req, const char *what, tp_err 
         if (done) return 0;
         if (i < COMM_SPIN_TESTS) continue;
         double t = comm_now();
-        if (t - start < COMM_YIELD_S) {
+        if (t - start < yield_s) {
             sched_yield();
             continue;
         }
@@ -212,7 +218,7 @@ static int mpi_all_reduce_sum(struct comm *c, float *buf, int64_t n, tp_err *e) 
         m->seq++;
         COMM_TRY(c, e, what, "MPI_Iallreduce",
                  MPI_Iallreduce(MPI_IN_PLACE, buf + off, count, MPI_FLOAT, MPI_SUM, m->world, &req));
-        if ((rc = comm_wait(c, &req, what, e))) return rc;
+        if ((rc = comm_wait(c, &req, what, 2 * (size_t)count * sizeof(float), e))) return rc;
     }
     return 0;
 }
@@ -235,7 +241,26 @@ static int mpi_all_gather(struct comm *c, const void *send, void *recv, size_t b
     m->seq++;
     COMM_TRY(c, e, what, "MPI_Iallgather",
              MPI_Iallgather(sbuf, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->world, &req));
-    return comm_wait(c, &req, what, e);
+    return comm_wait(c, &req, what, bytes * (size_t)(c->topo.size - 1), e);
+}
+
+static int mpi_all_to_all(struct comm *c, const void *send, void *recv, size_t bytes, tp_err *e) {
+    struct comm_mpi *m = mpi_of(c);
+    if (bytes > INT_MAX)
+        return tp_errf(e, TP_EINVAL, "all-to-all of %zu bytes per rank pair: more than MPI's int count; split the call",
+                       bytes);
+    if (bytes == 0) return 0;
+    if (c->topo.size == 1) {
+        memmove(recv, send, bytes);
+        return 0;
+    }
+    char what[96];
+    snprintf(what, sizeof what, "all-to-all of %zu bytes per rank pair", bytes);
+    MPI_Request req;
+    m->seq++;
+    COMM_TRY(c, e, what, "MPI_Ialltoall",
+             MPI_Ialltoall(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->world, &req));
+    return comm_wait(c, &req, what, bytes * (size_t)(c->topo.size - 1), e);
 }
 
 static int mpi_bcast(struct comm *c, void *buf, size_t bytes, int root, tp_err *e) {
@@ -247,7 +272,7 @@ static int mpi_bcast(struct comm *c, void *buf, size_t bytes, int root, tp_err *
         int count = (int)TP_MIN(bytes - off, COMM_CHUNK_BYTES), rc;
         m->seq++;
         COMM_TRY(c, e, what, "MPI_Ibcast", MPI_Ibcast((char *)buf + off, count, MPI_BYTE, root, m->world, &req));
-        if ((rc = comm_wait(c, &req, what, e))) return rc;
+        if ((rc = comm_wait(c, &req, what, (size_t)count, e))) return rc;
     }
     return 0;
 }
@@ -258,7 +283,7 @@ static int mpi_barrier(struct comm *c, tp_err *e) {
     MPI_Request req;
     m->seq++;
     COMM_TRY(c, e, "barrier", "MPI_Ibarrier", MPI_Ibarrier(m->world, &req));
-    return comm_wait(c, &req, "barrier", e);
+    return comm_wait(c, &req, "barrier", 0, e);
 }
 
 /* Node topology: local rank/size, host names of every rank, union of the node's masks. */
@@ -299,7 +324,7 @@ static int comm_discover(struct comm *c, tp_err *e) {
             rc = comm_mpi_fail(c, e, rc, "MPI_Iallgather", what, __FILE__, __LINE__);
             goto out;
         }
-        if ((rc = comm_wait(c, &req, what, e))) goto out;
+        if ((rc = comm_wait(c, &req, what, 0, e))) goto out;
     }
     cpu_set_t all;
     CPU_ZERO(&all);
@@ -347,7 +372,7 @@ int comm_create_mpi(struct comm **out, double timeout_s, tp_err *e) {
         rc = comm_mpi_fail(c, e, rc, "MPI_Comm_idup", "communicator creation", __FILE__, __LINE__);
         goto fail;
     }
-    if ((rc = comm_wait(c, &req, "communicator creation (MPI_Comm_idup of MPI_COMM_WORLD)", e))) goto fail;
+    if ((rc = comm_wait(c, &req, "communicator creation (MPI_Comm_idup of MPI_COMM_WORLD)", 0, e))) goto fail;
     if ((rc = MPI_Comm_set_errhandler(m->world, MPI_ERRORS_RETURN)) != MPI_SUCCESS ||
         (rc = MPI_Comm_dup(m->world, &m->ctl)) != MPI_SUCCESS) {
         rc = comm_mpi_fail(c, e, rc, "MPI_Comm_dup", "communicator creation", __FILE__, __LINE__);
@@ -388,6 +413,7 @@ static const struct comm_ops comm_mpi_ops = {
     .kind = "mpi",
     .all_reduce_sum = mpi_all_reduce_sum,
     .all_gather = mpi_all_gather,
+    .all_to_all = mpi_all_to_all,
     .bcast = mpi_bcast,
     .barrier = mpi_barrier,
     .set_stream = NULL,

@@ -5,9 +5,10 @@
  * O projection (row-parallel) -> all-reduce -> [post-norm] -> residual -> norm ->
  * gate/up (column-parallel) -> activation -> down (row-parallel) -> all-reduce ->
  * [post-norm] -> residual. Then the final norm and this rank's vocabulary slice of the
- * LM head for the requested rows. Exactly two reductions per layer; each is an all-gather
- * of double-precision partial sums added in rank order (project_reduce), so that every TP
- * size computes the same activations (docs/parallel.md). */
+ * LM head for the requested rows. Exactly two reductions per layer; each adds
+ * double-precision partial sums in rank order (project_reduce: an all-gather, or for large
+ * steps a reduce-scatter and an all-gather), so that every TP size computes the same
+ * activations (docs/parallel.md). */
 #include "forward.h"
 
 #include <math.h>
@@ -18,6 +19,12 @@
 #include "../kernels/quant.h"
 
 #define STATE_ALIGN 64
+/* Slices of a reduce-scatter are whole multiples of this many values (64 bytes of doubles). */
+#define RS_ALIGN 8
+/* Reductions of at least this many bytes of partials per rank are a reduce-scatter and an
+ * all-gather (fewer bytes, two latencies); smaller ones one all-gather (one latency).
+ * TPLLM_REDUCE=gather|scatter|auto overrides (benchmarks; the bits are the same). */
+#define RS_MIN_BYTES ((size_t)64 << 10)
 
 size_t kv_cache_bytes(const struct model_config *c, int64_t n_kv_l, int64_t n_blocks, int64_t block_size, enum dtype type) {
     size_t per_layer = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_l * (size_t)c->head_dim *
@@ -71,11 +78,13 @@ struct rs_layout {
 static void rs_layout(struct rs_layout *L, const struct model_config *c, const struct model_shard *sh, int64_t T,
                       int64_t NL, int64_t S, int64_t B) {
     size_t d = (size_t)c->n_embd, hd = (size_t)c->head_dim;
+    /* o and o64 hold tp equal slices of a reduce-scatter: up to RS_ALIGN * tp values past T * d */
+    size_t pad = sh->tp > 1 ? (size_t)RS_ALIGN * (size_t)sh->tp : 0;
     size_t sizes[16] = {
         T * d * 4, T * d * 4, T * sh->n_head_l * hd * 4, T * sh->n_kv_l * hd * 4, T * sh->n_kv_l * hd * 4,
-        T * sh->n_head_l * hd * 4, T * d * 4, T * sh->n_ff_l * 4, T * sh->n_ff_l * 4,
+        T * sh->n_head_l * hd * 4, (T * d + pad) * 4, T * sh->n_ff_l * 4, T * sh->n_ff_l * 4,
         (size_t)NL * sh->n_vocab_l * 4, T * 4, T * 4, (size_t)(S * B) * 4, T * 8,
-        T * d * 8, (sh->tp > 1 ? (size_t)sh->tp : 0) * T * d * 8,
+        (T * d + pad) * 8, (sh->tp > 1 ? (size_t)sh->tp : 0) * T * d * 8,
     };
     size_t cur = 0;
     for (int i = 0; i < 16; i++) {
@@ -164,9 +173,27 @@ static struct rope_params layer_rope(const struct model *m, int64_t il) {
     return p;
 }
 
+/* How reductions run: 0 auto (by size), 1 always all-gather, 2 always reduce-scatter. */
+static int reduce_mode(void) {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *v = getenv("TPLLM_REDUCE");
+        mode = v && !strcmp(v, "gather") ? 1 : v && !strcmp(v, "scatter") ? 2 : 0;
+    }
+    return mode;
+}
+
 /* Row-parallel projection and its reduction: out = sum over ranks of W_r x_r, identical
  * (to within double rounding) at every TP size. Each rank's partial sums are kept in
- * double (matmul_f64), gathered from every rank and summed in rank order on each. */
+ * double (matmul_f64) and added in rank order, p = 0, 1, ..., tp - 1, in one of two ways
+ * that give the same bits:
+ *   all-gather: every rank receives every partial ((tp - 1) n doubles) and sums all n;
+ *   reduce-scatter + all-gather: the n values are cut into tp equal slices; an all-to-all
+ *     gives rank r slice r of every partial ((tp - 1) n / tp doubles), it sums that slice
+ *     in rank order into floats, and an all-gather of the float slices ((tp - 1) n / tp
+ *     floats) gives everyone the whole: 12 (tp - 1) / tp instead of 8 (tp - 1) bytes per
+ *     value, and 1 / tp of the summing, for a second collective's latency.
+ * Without an all-to-all (device transports) it is always the all-gather. */
 static int project_reduce(struct model *m, struct run_state *rs, struct comm *comm, float *out, const struct kmat *w,
                           const float *x, int64_t T, int64_t granule, tp_err *e) {
     const struct kops *K = m->be->ops;
@@ -176,10 +203,23 @@ static int project_reduce(struct model *m, struct run_state *rs, struct comm *co
         K->reduce_f64(m->be, out, rs->o64, 1, n);
         return 0;
     }
-    int rc = comm_all_gather(comm, rs->o64, rs->o64_all, (size_t)n * sizeof(double), e);
-    if (rc) return rc;
-    K->reduce_f64(m->be, out, rs->o64_all, comm_size(comm), n);
-    return 0;
+    const int tp = comm_size(comm), me = comm_rank(comm), mode = reduce_mode();
+    const bool scatter = comm_has_all_to_all(comm) &&
+                         (mode == 2 || (mode == 0 && (size_t)n * sizeof(double) >= RS_MIN_BYTES));
+    int rc;
+    if (!scatter) {
+        if ((rc = comm_all_gather(comm, rs->o64, rs->o64_all, (size_t)n * sizeof(double), e))) return rc;
+        K->reduce_f64(m->be, out, rs->o64_all, tp, n);
+        return 0;
+    }
+    /* slice r = values [r * s, (r + 1) * s); the last may run past n into the padding
+     * rs_layout leaves, whose sums are never read */
+    const int64_t s = TP_ALIGN_UP((n + tp - 1) / tp, RS_ALIGN);
+    /* (host memory: the all-to-all exists only on the MPI transport of CPU ranks) */
+    memset(rs->o64 + n, 0, (size_t)(tp * s - n) * sizeof(double));
+    if ((rc = comm_all_to_all(comm, rs->o64, rs->o64_all, (size_t)s * sizeof(double), e))) return rc;
+    K->reduce_f64(m->be, out + (int64_t)me * s, rs->o64_all, tp, s);
+    return comm_all_gather(comm, out + (int64_t)me * s, out, (size_t)s * sizeof(float), e);
 }
 
 /* Embedding rows: dequantized on the host straight from the mapped file, then uploaded. */

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# test_tp_greedy.sh - the same model at tp = 1, 2, 3, 4 gives the same greedy tokens.
+# test_tp_greedy.sh - the same model at tp = 1, 2, 3, 4 gives the same greedy tokens, with
+# either way of reducing the row-parallel partial sums (all-gather; reduce-scatter).
 #
 # Models: Gemma 3 270M (one KV head: replicated at every tp > 1) and synthetic models whose
 # shapes force uneven and empty shards (5 heads; an FFN of 3 Q4_K blocks, so at tp = 4 one
@@ -26,9 +27,14 @@ fail=0
 for m in "${models[@]}"; do
     name=$(basename "$m")
     ref=""
-    for tp in 1 2 3 4; do
+    # "Ns": tp = N with every reduction a reduce-scatter + all-gather (TPLLM_REDUCE=scatter;
+    # by default only steps of 64 KiB of partials or more take that path): the same bits
+    for tp in 1 2 3 4 2s 3s 4s; do
         log="$work/$name.$tp.log"
-        if ! timeout 600 "$here/mpirun.sh" -np "$tp" "$bin" generate -m "$m" -p "The capital of France is" -n 32 \
+        np=${tp%s}
+        mode=auto
+        [ "$np" != "$tp" ] && mode=scatter
+        if ! TPLLM_REDUCE=$mode timeout 600 "$here/mpirun.sh" -np "$np" "$bin" generate -m "$m" -p "The capital of France is" -n 32 \
             --temp 0 --threads 1 --show-tokens --ignore-eos --dump-logits "$work/$name.$tp.logits" \
             >"$work/$name.$tp.out" 2>"$log"; then
             echo "FAIL: $name at tp=$tp exited non-zero:"; cat "$log"; fail=1; continue

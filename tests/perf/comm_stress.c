@@ -12,8 +12,8 @@
  * Correctness: all-reduce of 0, 1, 7, 4096 and 1<<20 floats against a double-precision
  * reference that every rank computes from every rank's inputs (they are generated from
  * a seed broadcast by rank 0); every rank must hold the same bits as rank 0, and a second
- * call must repeat them. All-gather, broadcast (every root), barrier and the error
- * agreement are checked too. Latency figures are printed, never asserted. */
+ * call must repeat them. All-gather, all-to-all, broadcast (every root), barrier and the
+ * error agreement are checked too. Latency figures are printed, never asserted. */
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -158,6 +158,63 @@ static void check_all_gather(struct run *R, size_t bytes, int k, int in_place) {
 out:
     free(send);
     free(recv);
+}
+
+/* Rank r sends block q (pattern(r, q * bytes + i)) to rank q; rank r must receive block r
+ * of every rank p at recv[p * bytes]. */
+static void check_all_to_all(struct run *R, size_t bytes, int k) {
+    tp_err e = {0};
+    const size_t total = bytes * (size_t)R->size;
+    unsigned char *send = malloc(total + 1), *recv = malloc(total + 1);
+    if (!send || !recv) {
+        CHECK(R, 0, "out of memory");
+        goto out;
+    }
+    memset(recv, 0xAA, total + 1);
+    for (size_t i = 0; i < total; i++) send[i] = pattern(R->rank, i, k);
+    int rc = comm_all_to_all(R->c, send, recv, bytes, &e);
+    CHECK(R, rc == 0, "all-to-all of %zu bytes per pair: %s", bytes, e.msg);
+    size_t bad = 0;
+    for (int p = 0; rc == 0 && p < R->size; p++)
+        for (size_t i = 0; i < bytes; i++)
+            bad += recv[(size_t)p * bytes + i] != pattern(p, (size_t)R->rank * bytes + i, k);
+    CHECK(R, bad == 0, "all-to-all of %zu bytes per pair: %zu wrong bytes", bytes, bad);
+    CHECK(R, recv[total] == 0xAA, "all-to-all of %zu bytes per pair wrote past the end", bytes);
+    CHECK(R, comm_all_to_all(R->c, send, send, bytes, &e) == (bytes ? TP_EINVAL : 0),
+          "all-to-all with one buffer for send and receive was not refused");
+out:
+    free(send);
+    free(recv);
+}
+
+/* The two ways runtime/forward.c reduces n double partial sums (same bits, other costs):
+ * an all-gather of every rank's n doubles, or an all-to-all of n / size doubles per rank
+ * pair then an all-gather of n / size floats. Figures only, never asserted. */
+static void reduce_schemes(struct run *R, int64_t n, int iters) {
+    tp_err e = {0};
+    const int P = R->size;
+    const int64_t s = (n + P - 1) / P;
+    double *part = calloc((size_t)(s * P), sizeof *part), *all = calloc((size_t)(n * P), sizeof *all);
+    float *out = calloc((size_t)(s * P), sizeof *out);
+    if (!part || !all || !out) goto out;
+    int rc = comm_barrier(R->c, &e);
+    double t0 = now_s();
+    for (int it = 0; it < iters && rc == 0; it++) rc = comm_all_gather(R->c, part, all, (size_t)n * 8, &e);
+    double t1 = now_s();
+    for (int it = 0; it < iters && rc == 0; it++) {
+        rc = comm_all_to_all(R->c, part, all, (size_t)s * 8, &e);
+        if (!rc) rc = comm_all_gather(R->c, out + (int64_t)R->rank * s, out, (size_t)s * 4, &e);
+    }
+    double t2 = now_s();
+    CHECK(R, rc == 0, "reduction schemes: %s", e.msg);
+    if (R->rank == 0 && rc == 0)
+        printf("latency: reduction of %lld doubles on %d ranks: all-gather %.1f us (%.0f KB in per rank), "
+               "all-to-all + all-gather %.1f us (%.0f KB in)\n", (long long)n, P, 1e6 * (t1 - t0) / iters,
+               (double)(P - 1) * (double)n * 8 / 1e3, 1e6 * (t2 - t1) / iters, (double)(P - 1) * (double)s * 12 / 1e3);
+out:
+    free(part);
+    free(all);
+    free(out);
 }
 
 static void check_bcast(struct run *R, size_t bytes, int root, int k) {
@@ -327,6 +384,8 @@ int main(int argc, char **argv) {
         check_all_gather(&R, gsizes[k], k, 0);
         check_all_gather(&R, gsizes[k], k + 1, 1);
     }
+    const size_t asizes[] = {0, 1, 13, 4096, (1 << 18) + 3};
+    for (int k = 0; k < (int)(sizeof asizes / sizeof asizes[0]); k++) check_all_to_all(&R, asizes[k], k + 2);
     const size_t bsizes[] = {0, 1, 1000, (1 << 20) + 3};
     for (int root = 0; root < R.size; root++)
         for (int k = 0; k < (int)(sizeof bsizes / sizeof bsizes[0]); k++) check_bcast(&R, bsizes[k], root, k);
@@ -336,6 +395,9 @@ int main(int argc, char **argv) {
     check_any_error(&R);
     latency(&R, 1, o.iters);
     latency(&R, 640, o.iters); /* Gemma 3 270M: hidden size 640, one decode token */
+    reduce_schemes(&R, 2048, o.iters);        /* 1B synthetic: one decode token */
+    reduce_schemes(&R, 2048 * 16, o.iters / 10 + 1);
+    reduce_schemes(&R, 2048 * 300, o.iters / 100 + 1); /* a 300-token prompt */
 
     struct comm_stats st = comm_get_stats(R.c);
     int bad = -1;
