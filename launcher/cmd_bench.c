@@ -166,7 +166,8 @@ static void *bw_read(void *arg) {
     return NULL;
 }
 
-/* GB/s of reading 256 MiB with `threads` threads (the best of 3 passes); 0 when it cannot run. */
+/* GB/s of reading 256 MiB with `threads` threads (the best of 5 passes); 0 when it cannot run.
+ * tests/perf/bwprobe is the same loop over 1 GiB, for measurements outside a run. */
 static double measure_bandwidth(int threads) {
     const size_t bytes = (size_t)256 << 20, n = bytes / 8;
     uint64_t *buf = malloc(bytes);
@@ -177,7 +178,7 @@ static double measure_bandwidth(int threads) {
     pthread_t th[64];
     double best = 0;
     uint64_t check = 0;
-    for (int pass = 0; pass < 3; pass++) {
+    for (int pass = 0; pass < 5; pass++) {
         double t0 = now_s();
         for (int t = 0; t < threads; t++) {
             parts[t] = (struct bw_part){buf + n / threads * t, t + 1 == threads ? n - n / threads * t : n / threads, 0};
@@ -473,7 +474,10 @@ int cmd_bench(int argc, char **argv) {
         char backend[256];
         kbackend_describe(b.be, backend, sizeof backend);
         const bool cpu = !strcmp(b.be->ops->name, "cpu");
-        const double bw = cpu ? measure_bandwidth(a.bo.threads ? a.bo.threads : comm_topo(b.comm)->threads) : 0;
+        /* every rank of this host reads at once during a step: measure with all their threads
+         * (the other ranks wait in the engine meanwhile) */
+        const int rank_threads = a.bo.threads ? a.bo.threads : comm_topo(b.comm)->threads;
+        const double bw = cpu ? measure_bandwidth(rank_threads * comm_topo(b.comm)->local_size) : 0;
         /* the ranks of one host share its memory bandwidth: the ceiling is the bytes they
          * read together (about this rank's times the ranks on the host) */
         const double host_ranks = (double)comm_topo(b.comm)->local_size;
