@@ -16,12 +16,22 @@
  * n_out rows, each holding n_in elements starting at data + o * row_stride. A column
  * slice (a range of blocks within each row) is data advanced to the first block with the
  * full row's stride; n_in must be a multiple of the type's block size. */
+/* How a weight matrix's rows are stored in backend memory. */
+enum kmat_layout {
+    KMAT_ROWS = 0,  /* the GGUF layout: row r at data + r * row_stride */
+    KMAT_Q4_0X8,    /* Q4_0 rows in groups of 8 (CPU backend, kernels/cpu/q4_0x8.c): group g
+                       (rows 8g..8g+7) takes the bytes of its 8 rows; per block: the 8 fp16
+                       scales, then 4 x 32 bytes [row k's 16 code bytes | row k+4's]; the
+                       n_out % 8 last rows stay in the GGUF layout after the groups */
+};
+
 struct kmat {
     const void *data;
     enum dtype type;
     int64_t n_out;
     int64_t n_in;
-    size_t row_stride; /* bytes between consecutive rows */
+    size_t row_stride; /* bytes between consecutive rows (of the GGUF layout) */
+    enum kmat_layout layout;
 };
 
 enum rope_mode {
@@ -123,6 +133,10 @@ struct kops {
      * partials add up (in double) to what one rank computes, to within double rounding. */
     void (*matmul_f64)(struct kbackend *b, double *y, const struct kmat *w, const float *x, int64_t n_tok,
                        int64_t granule);
+    /* Called once on every matmul weight after it is loaded into backend memory: the backend
+     * may rewrite w's bytes in place into a layout its matmuls read faster, and set
+     * w->layout (same size; results unchanged). NULL: weights stay as loaded. */
+    void (*prepare_weight)(struct kbackend *b, struct kmat *w);
     /* y[i] = (float) sum_{p < n_parts} parts[p * n + i], summed in order p = 0, 1, ... */
     void (*reduce_f64)(struct kbackend *b, float *y, const double *parts, int64_t n_parts, int64_t n);
     /* out[t][:] = dequantized row ids[t] of table (embedding lookup); out: [n][table->n_in]. */

@@ -246,6 +246,11 @@ static struct kmat mat_of(const struct wspec *w, void *dst) {
                          .row_stride = dtype_row_bytes(type, ws_cols(w))};
 }
 
+/* The backend's own layout for a loaded weight (kops.prepare_weight), if it has one. */
+static void prepare_mat(struct model *m, struct kmat *w) {
+    if (m->be->ops->prepare_weight && w->n_out > 0 && w->n_in > 0) m->be->ops->prepare_weight(m->be, w);
+}
+
 int model_load(struct model *m, const struct gguf_file *f, const struct model_config *c, const struct shard_plan *p,
                int rank, struct kbackend *be, tp_err *e) {
     return model_load_progress(m, f, c, p, rank, be, NULL, NULL, e);
@@ -315,6 +320,7 @@ int model_load_progress(struct model *m, const struct gguf_file *f, const struct
     do {                                             \
         load_one(m, &specs[i], cursor, stage);       \
         L->field = mat_of(&specs[i], cursor);        \
+        prepare_mat(m, &L->field);                   \
         cursor += TP_ALIGN_UP(ws_bytes(&specs[i]), WEIGHT_ALIGN); \
         i++;                                         \
     } while (0)
@@ -347,6 +353,7 @@ int model_load_progress(struct model *m, const struct gguf_file *f, const struct
     i++;
     load_one(m, &specs[i], cursor, stage);
     m->output = mat_of(&specs[i], cursor);
+    prepare_mat(m, &m->output);
     cursor += TP_ALIGN_UP(ws_bytes(&specs[i]), WEIGHT_ALIGN);
     i++;
     if (rf) {

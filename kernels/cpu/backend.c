@@ -1,6 +1,7 @@
 /* backend.c - the CPU backend's op table, its creation (threads, SIMD level, scratch) and
  * the backend-independent kbackend_free / kbackend_describe. */
 #include "cpu.h"
+#include "q4_0x8.h"
 
 #include "../act.h"
 
@@ -54,6 +55,7 @@ static const struct kops cpu_ops = {
     .sync = cpu_sync,
     .matmul = cpu_matmul,
     .matmul_f64 = cpu_matmul_f64,
+    .prepare_weight = cpu_prepare_weight,
     .reduce_f64 = cpu_reduce_f64,
     .get_rows = cpu_get_rows,
     .rmsnorm = cpu_rmsnorm,

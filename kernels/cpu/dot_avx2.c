@@ -23,6 +23,7 @@
 #if defined(__x86_64__)
 
 #include "dot_avx2_blocks.h"
+#include "q4_0x8.h"
 
 /* ------------------------------------------------------------ activation quantization */
 
@@ -244,7 +245,6 @@ A2I void w32_body(const enum dtype T, const void *w, int64_t n, const struct kac
         w32_body(T, w, n, a, t0, NT, out);                                                              \
     }                                                                                                   \
     A2_KERNEL(a2_dot_##name, name##_body)
-A2_W32(DTYPE_Q4_0, q4_0)
 A2_W32(DTYPE_Q4_1, q4_1)
 A2_W32(DTYPE_Q5_0, q5_0)
 A2_W32(DTYPE_Q5_1, q5_1)
@@ -255,7 +255,7 @@ kdot_fn kdot_avx2(enum dtype t) {
     case DTYPE_F32: return a2_dot_f32;
     case DTYPE_F16: return a2_dot_f16;
     case DTYPE_BF16: return a2_dot_bf16;
-    case DTYPE_Q4_0: return a2_dot_q4_0;
+    case DTYPE_Q4_0: return kdot_avx2_q4_0(); /* row-sequential: q4_0x8.c */
     case DTYPE_Q4_1: return a2_dot_q4_1;
     case DTYPE_Q5_0: return a2_dot_q5_0;
     case DTYPE_Q5_1: return a2_dot_q5_1;

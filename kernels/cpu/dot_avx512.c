@@ -184,7 +184,6 @@ A5I void a5_w32_body(const enum dtype T, const void *w, int64_t n, const struct 
         a5_w32_body(T, w, n, a, t0, NT, out);                                                           \
     }                                                                                                   \
     A5_KERNEL(a5_dot_##name, name##_body)
-A5_W32(DTYPE_Q4_0, q4_0)
 A5_W32(DTYPE_Q4_1, q4_1)
 A5_W32(DTYPE_Q5_0, q5_0)
 A5_W32(DTYPE_Q5_1, q5_1)
@@ -385,7 +384,7 @@ A5_K(A5_Q6_K, q6_K)
 
 kdot_fn kdot_avx512(enum dtype t) {
     switch (t) {
-    case DTYPE_Q4_0: return a5_dot_q4_0;
+    case DTYPE_Q4_0: return NULL; /* row-sequential arithmetic: the AVX2 kernels (q4_0x8.c) */
     case DTYPE_Q4_1: return a5_dot_q4_1;
     case DTYPE_Q5_0: return a5_dot_q5_0;
     case DTYPE_Q5_1: return a5_dot_q5_1;

@@ -260,7 +260,6 @@ A2I void g2_w32_body(const enum dtype T, const void *w, int64_t n, const int64_t
         else g2_w32_body(T, w, n, granule / 32, a, t0, NT, out);                                            \
     }                                                                                                       \
     G2_KERNEL(g2_gran_##name, name##_gbody)
-G2_W32(DTYPE_Q4_0, q4_0)
 G2_W32(DTYPE_Q4_1, q4_1)
 G2_W32(DTYPE_Q5_0, q5_0)
 G2_W32(DTYPE_Q5_1, q5_1)
@@ -311,7 +310,7 @@ kdot_gran_fn kdot_gran_avx2(enum dtype t) {
     case DTYPE_F32: return g2_gran_f32;
     case DTYPE_F16: return g2_gran_f16;
     case DTYPE_BF16: return g2_gran_bf16;
-    case DTYPE_Q4_0: return g2_gran_q4_0;
+    case DTYPE_Q4_0: return NULL; /* row-sequential: the per-granule loop, or q4_0x8.c's group kernel */
     case DTYPE_Q4_1: return g2_gran_q4_1;
     case DTYPE_Q5_0: return g2_gran_q5_0;
     case DTYPE_Q5_1: return g2_gran_q5_1;

@@ -17,7 +17,10 @@
  *   F32/F16/BF16  two accumulators acc0/acc1: values 16j + L go to acc0 lane L, 16j + 8 + L
  *     to acc1 lane L, one fused multiply-add each; values past the last multiple of 16 go
  *     to a scalar tail (product rounded, then added). out = hsum(acc0 + acc1) + tail.
- *   Q4_0 .. Q8_0  a block pair (A = block 2p, B = 2p + 1) per step, lanes 0-3 block A's,
+ *   Q4_0          row-sequential, not AVX2's lanes (q4_0x8.c: the AVX2 kernels keep one output
+ *     row per lane, 8 rows at a time): per block the exact integer sum_j (q_j - 8) a_j,
+ *     then acc = fma(d_w * d_a, (float) isum, acc), block after block from acc = 0.
+ *   Q5_0 .. Q8_0  a block pair (A = block 2p, B = 2p + 1) per step, lanes 0-3 block A's,
  *     4-7 block B's: lane L sums the 8 products of values 4(L%4) + {0..3} and 16 +
  *     4(L%4) + {0..3} of its block (the activation pair layout of simd_dot.h). Q4_0
  *     subtracts its offset as 2 sum_a per lane (sv), Q5_0 4 sum_a; Q8_0 multiplies
@@ -336,7 +339,29 @@ static inline void dot_w32(enum dtype t, const void *w, int64_t n, const struct 
     static void name(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, int nt, float *out) { \
         dot_w32(T, w, n, a, t0, nt, out);                                                                \
     }
-SD_W32(dot_q4_0, DTYPE_Q4_0)
+
+/* Q4_0, row-sequential (q4_0x8.c says why): per block the exact integer sum
+ * sum_j (q_j - 8) a_j, then acc = fma(d_w * d_a, (float) isum, acc), block after block from
+ * acc = 0. The reference of every Q4_0 kernel and layout. */
+static void dot_q4_0(const void *w, int64_t n, const struct kact_rows *a, int64_t t0, int nt, float *out) {
+    const blk_q4_0 *x = w;
+    const int64_t nb = n / 32;
+    for (int k = 0; k < nt; k++) {
+        const int8_t *q = kact_qs(a, t0 + k);
+        const float *d = kact_d(a, t0 + k);
+        const int32_t *sum = kact_sum(a, t0 + k);
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *yl = q + kact_pos32(b, 0), *yh = q + kact_pos32(b, 16);
+            int32_t s = 0;
+            for (int j = 0; j < 16; j++) s += (x[b].qs[j] & 0xF) * yl[j] + (x[b].qs[j] >> 4) * yh[j];
+            s -= 8 * sum[b];
+            const float sc = qb_fp16_to_f32(x[b].d) * d[b];
+            acc = fmaf(sc, (float)s, acc);
+        }
+        out[k] = acc;
+    }
+}
 SD_W32(dot_q4_1, DTYPE_Q4_1)
 SD_W32(dot_q5_0, DTYPE_Q5_0)
 SD_W32(dot_q5_1, DTYPE_Q5_1)

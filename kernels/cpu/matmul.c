@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "../quant.h"
+#include "q4_0x8.h"
 #include "simd_dot.h"
 
 /* Weights of this many bytes (a row block) are kept hot in L2 while the token tiles pass. */
@@ -160,11 +161,18 @@ static void mm_rows_task(void *arg, int64_t i, int64_t n) {
     const struct mm_job *j = arg;
     const struct kmat *w = j->w;
     const int64_t r0 = i * j->rows_per_task, r1 = TP_MIN(w->n_out, r0 + j->rows_per_task);
+    /* KMAT_Q4_0X8: rows below `grouped` go 8 at a time (tasks and row blocks start at
+     * multiples of 8), the rest one by one */
+    const int64_t grouped = w->layout == KMAT_Q4_0X8 ? w->n_out / 8 * 8 : 0;
     for (int64_t rb = r0; rb < r1; rb += j->row_block) {
         const int64_t re = TP_MIN(r1, rb + j->row_block);
         for (int64_t t = 0; t < j->n_tok; t += KDOT_NT) {
             int nt = (int)TP_MIN(KDOT_NT, j->n_tok - t);
-            for (int64_t r = rb; r < re; r++) {
+            int64_t r = rb;
+            for (; r + 8 <= TP_MIN(re, grouped); r += 8)
+                q4x8_dot_avx2((const uint8_t *)w->data + (size_t)r * w->row_stride, w->n_in / 32, &j->act, t, nt,
+                              j->y + t * w->n_out + r, w->n_out);
+            for (; r < re; r++) {
                 const uint8_t *wrow = (const uint8_t *)w->data + (size_t)r * w->row_stride;
                 float out[KDOT_NT];
                 j->dot(wrow, w->n_in, &j->act, t, nt, out);
@@ -216,8 +224,12 @@ void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float 
     if (n_threads == 1) tasks = 1;
     tasks = TP_MAX(tasks, 1);
     j.rows_per_task = (w->n_out + tasks - 1) / tasks;
-    const int64_t n_tasks = (w->n_out + j.rows_per_task - 1) / j.rows_per_task;
     j.row_block = TP_MAX((int64_t)1, (int64_t)(MM_L2_BUDGET / TP_MAX(w->row_stride, (size_t)1)));
+    if (w->layout == KMAT_Q4_0X8) { /* whole groups of 8 rows per task and per row block */
+        j.rows_per_task = TP_ALIGN_UP(j.rows_per_task, 8);
+        j.row_block = TP_ALIGN_UP(j.row_block, 8);
+    }
+    const int64_t n_tasks = (w->n_out + j.rows_per_task - 1) / j.rows_per_task;
 
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         j.n_tok = TP_MIN(chunk, n_tok - t0);

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "dot_gran.h"
+#include "q4_0x8.h"
 
 /* Budgets of the cache blocking: weights of a row block (L2), activations of a column
  * slice of KDOT_NT tokens (L1). */
@@ -63,6 +64,7 @@ static void f64_rows(void *arg, int64_t i, int64_t n) {
     const struct f64_job *j = arg;
     const struct kmat *w = j->w;
     const int64_t r0 = i * j->rows_per_task, r1 = TP_MIN(w->n_out, r0 + j->rows_per_task);
+    const int64_t grouped = w->layout == KMAT_Q4_0X8 ? w->n_out / 8 * 8 : 0;
     for (int64_t rb = r0; rb < r1; rb += j->row_block) {
         const int64_t re = TP_MIN(r1, rb + j->row_block);
         for (int64_t g0 = 0; g0 < j->n_gran; g0 += j->slice_gran) {
@@ -70,7 +72,17 @@ static void f64_rows(void *arg, int64_t i, int64_t n) {
             const int64_t c0 = g0 * j->granule, c1 = TP_MIN(w->n_in, g1 * j->granule);
             for (int64_t t = 0; t < j->n_tok; t += KDOT_NT) {
                 const int nt = (int)TP_MIN(KDOT_NT, j->n_tok - t);
-                for (int64_t r = rb; r < re; r++) {
+                int64_t r = rb;
+                for (; r + 8 <= TP_MIN(re, grouped); r += 8) { /* KMAT_Q4_0X8: 8 rows at a time */
+                    double acc8[KDOT_NT * 8];
+                    for (int k = 0; k < nt; k++)
+                        for (int l = 0; l < 8; l++) acc8[8 * k + l] = g0 ? j->y[(t + k) * w->n_out + r + l] : 0.0;
+                    q4x8_gran_avx2((const uint8_t *)w->data + (size_t)r * w->row_stride, c0 / 32, c1 / 32,
+                                   j->granule / 32, &j->act, t, nt, acc8);
+                    for (int k = 0; k < nt; k++)
+                        for (int l = 0; l < 8; l++) j->y[(t + k) * w->n_out + r + l] = acc8[8 * k + l];
+                }
+                for (; r < re; r++) {
                     const uint8_t *wrow = (const uint8_t *)w->data + (size_t)r * w->row_stride;
                     double acc[KDOT_NT];
                     for (int k = 0; k < nt; k++) acc[k] = g0 ? j->y[(t + k) * w->n_out + r] : 0.0;
@@ -137,8 +149,12 @@ void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const f
                                             (int64_t)n_threads * F64_TASKS_PER_THREAD);
     tasks = TP_MAX(tasks, 1);
     j->rows_per_task = (w->n_out + tasks - 1) / tasks;
-    int64_t n_tasks = (w->n_out + j->rows_per_task - 1) / j->rows_per_task;
     j->row_block = TP_MAX((int64_t)1, (int64_t)(F64_L2_BUDGET / TP_MAX(w->row_stride, (size_t)1)));
+    if (w->layout == KMAT_Q4_0X8) { /* whole groups of 8 rows per task and per row block */
+        j->rows_per_task = TP_ALIGN_UP(j->rows_per_task, 8);
+        j->row_block = TP_ALIGN_UP(j->row_block, 8);
+    }
+    int64_t n_tasks = (w->n_out + j->rows_per_task - 1) / j->rows_per_task;
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         j->n_tok = TP_MIN(chunk, n_tok - t0);
         j->x = x + t0 * w->n_in;

@@ -30,6 +30,7 @@
 #include "kernels/base.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/dot_gran.h"
+#include "kernels/cpu/q4_0x8.h"
 #include "kernels/quant.h"
 #include "testutil.h"
 #include "testweights.h"
@@ -464,6 +465,82 @@ Test(matmul, every_simd_level_gives_the_same_bits_through_cpu_matmul) {
                 }
                 free(want), free(got), free(x);
             }
+            tu_wmat_free(&w);
+        }
+    }
+    tpool_free(pool);
+}
+
+/* Q4_0 weights repacked into groups of 8 rows (KMAT_Q4_0X8, kernels/cpu/q4_0x8.c) give the
+ * bits of the GGUF layout at the scalar level, through cpu_matmul (n_tok 1..9, 1 and 2
+ * threads, row counts with and without a tail of rows outside the groups) and through
+ * cpu_matmul_f64 (granules of 64 and 128 values and one of 3 blocks pairs). */
+Test(matmul, q4_0_groups_of_8_rows_give_the_bits_of_the_gguf_layout) {
+    if (cpu_simd_detect() < KSIMD_AVX2) cr_skip_test("the grouped Q4_0 kernels need AVX2, which this CPU lacks");
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    tp_err e = {0};
+    struct tpool *pool = NULL;
+    cr_assert_eq(tpool_create(&pool, 2, &e), 0, "tpool_create: %s", e.msg);
+    static const int64_t outs[] = {8, 29, 69, 7};
+    for (size_t oi = 0; oi < TP_ARRAY_LEN(outs); oi++) {
+        const int64_t n_out = outs[oi];
+        for (int i = 0; i < 5; i++) {
+            const int64_t n_in = level_test_n(&r, DTYPE_Q4_0, i == 4 ? 100 : 2 * i + 3);
+            struct tu_wmat w;
+            tu_wmat_make(&w, &r, DTYPE_Q4_0, n_out, n_in, 0, 0, i & 1);
+            const size_t wbytes = (size_t)n_out * w.m.row_stride;
+            void *gdata = malloc(wbytes);
+            memcpy(gdata, w.m.data, wbytes);
+            struct kmat g = w.m;
+            g.data = gdata;
+            struct tback b2;
+            tback_init(&b2, KSIMD_AVX2, pool, 2, scratch_for(9, n_in));
+            cpu_prepare_weight(&b2.kb, &g);
+            cr_assert_eq(g.layout, n_out >= 8 ? KMAT_Q4_0X8 : KMAT_ROWS, "n_out %lld: layout %d", (long long)n_out,
+                         (int)g.layout);
+            if (n_out >= 8)
+                cr_assert(memcmp(gdata, w.m.data, wbytes) != 0, "the repacked bytes equal the GGUF bytes");
+            for (int64_t n_tok = 1; n_tok <= 9; n_tok++) {
+                float *x = random_x(&r, n_tok * n_in);
+                const size_t ybytes = (size_t)(n_tok * n_out) * sizeof(float);
+                float *want = malloc(ybytes), *got = malloc(ybytes);
+                struct tback b0;
+                tback_init(&b0, KSIMD_SCALAR, NULL, 1, scratch_for(9, n_in));
+                cpu_matmul(&b0.kb, want, &w.m, x, n_tok);
+                for (int th = 1; th <= 2; th++) {
+                    struct tback b;
+                    tback_init(&b, KSIMD_AVX2, th == 2 ? pool : NULL, th, scratch_for(9, n_in));
+                    cpu_matmul(&b.kb, got, &g, x, n_tok);
+                    for (int64_t q = 0; q < n_tok * n_out; q++)
+                        cr_assert(!memcmp(&got[q], &want[q], sizeof *got),
+                                  "n_out %lld, n_in %lld, n_tok %lld, %d threads: y[%lld][%lld] grouped %.9g (0x%08x) "
+                                  "vs GGUF layout at the scalar level %.9g (0x%08x)",
+                                  (long long)n_out, (long long)n_in, (long long)n_tok, th, (long long)(q / n_out),
+                                  (long long)(q % n_out), got[q], f32_bits(got[q]), want[q], f32_bits(want[q]));
+                    tback_free(&b);
+                }
+                const int64_t granules[] = {64, 128, 192};
+                const size_t dbytes = (size_t)(n_tok * n_out) * sizeof(double);
+                double *dwant = malloc(dbytes), *dgot = malloc(dbytes);
+                for (size_t gi = 0; gi < TP_ARRAY_LEN(granules); gi++) {
+                    cpu_matmul_f64(&b0.kb, dwant, &w.m, x, n_tok, granules[gi]);
+                    struct tback b;
+                    tback_init(&b, KSIMD_AVX2, pool, 2, scratch_for(9, n_in));
+                    cpu_matmul_f64(&b.kb, dgot, &g, x, n_tok, granules[gi]);
+                    tback_free(&b);
+                    for (int64_t q = 0; q < n_tok * n_out; q++)
+                        cr_assert(!memcmp(&dgot[q], &dwant[q], sizeof *dgot),
+                                  "matmul_f64, granule %lld, n_out %lld, n_in %lld, n_tok %lld: y[%lld][%lld] grouped "
+                                  "%.17g vs GGUF layout at the scalar level %.17g",
+                                  (long long)granules[gi], (long long)n_out, (long long)n_in, (long long)n_tok,
+                                  (long long)(q / n_out), (long long)(q % n_out), dgot[q], dwant[q]);
+                }
+                tback_free(&b0);
+                free(dwant), free(dgot), free(want), free(got), free(x);
+            }
+            tback_free(&b2);
+            free(gdata);
             tu_wmat_free(&w);
         }
     }
