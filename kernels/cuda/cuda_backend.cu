@@ -183,6 +183,7 @@ const struct kops cuda_ops = {
     .sync = op_sync,
     .matmul = cuda_matmul,
     .matmul_f64 = cuda_matmul_f64,
+    .prepare_weight = nullptr, /* weights stay in the GGUF layout on the GPU */
     .reduce_f64 = cuda_reduce_f64,
     .get_rows = cuda_get_rows,
     .rmsnorm = cuda_rmsnorm,
