@@ -16,6 +16,9 @@
  * n_out rows, each holding n_in elements starting at data + o * row_stride. A column
  * slice (a range of blocks within each row) is data advanced to the first block with the
  * full row's stride; n_in must be a multiple of the type's block size. */
+/* The most weights one matmul_n call takes. */
+#define KOPS_MATMUL_N 4
+
 /* How a weight matrix's rows are stored in backend memory. */
 enum kmat_layout {
     KMAT_ROWS = 0,  /* the GGUF layout: row r at data + r * row_stride */
@@ -125,6 +128,12 @@ struct kops {
 
     /* y[t][o] = sum_i W[o][i] * x[t][i] for t < n_tok; y: [n_tok][w->n_out], x: [n_tok][w->n_in]. */
     void (*matmul)(struct kbackend *b, float *y, const struct kmat *w, const float *x, int64_t n_tok);
+    /* ys[i] = ws[i] x for i < n (n <= KOPS_MATMUL_N) on the same input x [n_tok][n_in]: the
+     * same bits as n calls of matmul, in one pass when the weights share a type and n_in
+     * (the activations quantized once, the rows of all n weights in one thread-pool run:
+     * Q, K and V; gate and up). NULL: the caller makes n matmul calls. */
+    void (*matmul_n)(struct kbackend *b, int n, float *const ys[], const struct kmat *const ws[], const float *x,
+                     int64_t n_tok);
     /* Row-parallel matmul, deterministic across tensor-parallel splits: the input width is
      * cut into granules of `granule` values (a multiple of the type's block; the last one
      * may be shorter), each granule's dot product is computed as matmul would, and the

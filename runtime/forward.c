@@ -222,6 +222,23 @@ static int project_reduce(struct model *m, struct run_state *rs, struct comm *co
     return comm_all_gather(comm, out + (int64_t)me * s, out, (size_t)s * sizeof(float), e);
 }
 
+/* Two or three projections of the same input (Q, K, V; gate, up): one matmul_n pass where
+ * the backend has it (the same bits as separate matmuls), else one matmul each. */
+static void matmul3(struct kbackend *be, float *y0, const struct kmat *w0, float *y1, const struct kmat *w1, float *y2,
+                    const struct kmat *w2, const float *x, int64_t T) {
+    const struct kops *K = be->ops;
+    const int n = w2 ? 3 : 2;
+    if (K->matmul_n) {
+        float *const ys[3] = {y0, y1, y2};
+        const struct kmat *const ws[3] = {w0, w1, w2};
+        K->matmul_n(be, n, ys, ws, x, T);
+        return;
+    }
+    K->matmul(be, y0, w0, x, T);
+    K->matmul(be, y1, w1, x, T);
+    if (w2) K->matmul(be, y2, w2, x, T);
+}
+
 /* Embedding rows: dequantized on the host straight from the mapped file, then uploaded. */
 static int embed(struct model *m, struct run_state *rs, const struct fwd_batch *b, tp_err *e) {
     const struct kmat *t = &m->tok_embd;
@@ -268,9 +285,7 @@ int forward(struct model *m, struct run_state *rs, struct kv_cache *kv, struct c
 
         /* attention block */
         K->rmsnorm(be, rs->xn, rs->x, L->attn_norm, c->norm_offset, T, d, c->norm_eps);
-        K->matmul(be, rs->q, &L->wq, rs->xn, T);
-        K->matmul(be, rs->k, &L->wk, rs->xn, T);
-        K->matmul(be, rs->v, &L->wv, rs->xn, T);
+        matmul3(be, rs->q, &L->wq, rs->k, &L->wk, rs->v, &L->wv, rs->xn, T);
         if (L->bq) {
             K->add_bias(be, rs->q, L->bq, T, nh * hd);
             K->add_bias(be, rs->k, L->bk, T, nkv * hd);
@@ -299,8 +314,7 @@ int forward(struct model *m, struct run_state *rs, struct kv_cache *kv, struct c
 
         /* feed-forward block */
         K->rmsnorm(be, rs->xn, rs->x, L->ffn_norm, c->norm_offset, T, d, c->norm_eps);
-        K->matmul(be, rs->gate, &L->w_gate, rs->xn, T);
-        K->matmul(be, rs->up, &L->w_up, rs->xn, T);
+        matmul3(be, rs->gate, &L->w_gate, rs->up, &L->w_up, NULL, NULL, rs->xn, T);
         K->gated_act(be, rs->gate, rs->gate, rs->up, T * ff, (enum act_kind)c->act);
         if ((rc = project_reduce(m, rs, comm, rs->o, &L->w_down, rs->gate, T, m->sh.ff_granule, e)))
             return tp_err_wrap(e, "layer %lld feed-forward", (long long)il);

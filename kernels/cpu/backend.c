@@ -56,6 +56,7 @@ static const struct kops cpu_ops = {
     .matmul = cpu_matmul,
     .matmul_f64 = cpu_matmul_f64,
     .prepare_weight = cpu_prepare_weight,
+    .matmul_n = cpu_matmul_n,
     .reduce_f64 = cpu_reduce_f64,
     .get_rows = cpu_get_rows,
     .rmsnorm = cpu_rmsnorm,

@@ -41,6 +41,8 @@ const char *cpu_simd_name(enum ksimd s);
 
 /* Op implementations (signatures of struct kops). */
 void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float *x, int64_t n_tok);
+void cpu_matmul_n(struct kbackend *b, int n, float *const ys[], const struct kmat *const ws[], const float *x,
+                  int64_t n_tok);
 void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const float *x, int64_t n_tok,
                     int64_t granule);
 void cpu_reduce_f64(struct kbackend *b, float *y, const double *parts, int64_t n_parts, int64_t n);

@@ -182,71 +182,122 @@ static void mm_rows_task(void *arg, int64_t i, int64_t n) {
     }
 }
 
-/* y[t][o] = sum_i W[o][i] x[t][i] for t < n_tok (see kernels.h). Activations are
- * quantized into the backend's scratch; calls with more tokens than fit are done in
- * chunks. When the scratch cannot hold even one row (opts.max_in smaller than n_in),
- * the call allocates a temporary buffer, and if that fails fills y with NaN. */
-void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float *x, int64_t n_tok) {
-    if (n_tok <= 0 || w->n_out <= 0) return;
-    if (w->n_in <= 0) {
-        for (int64_t t = 0; t < n_tok; t++) memset(y + t * w->n_out, 0, (size_t)w->n_out * sizeof *y);
-        return;
+/* Row tasks of one weight: rows per task (whole groups of 8 rows for KMAT_Q4_0X8) and row
+ * blocks; returns the number of tasks. */
+static int64_t mm_plan_rows(struct mm_job *j, int n_threads) {
+    const struct kmat *w = j->w;
+    int64_t tasks = TP_MIN((w->n_out + MM_MIN_ROWS - 1) / MM_MIN_ROWS, (int64_t)n_threads * MM_TASKS_PER_THREAD);
+    if (n_threads == 1) tasks = 1;
+    tasks = TP_MAX(tasks, 1);
+    j->rows_per_task = (w->n_out + tasks - 1) / tasks;
+    j->row_block = TP_MAX((int64_t)1, (int64_t)(MM_L2_BUDGET / TP_MAX(w->row_stride, (size_t)1)));
+    if (w->layout == KMAT_Q4_0X8) { /* whole groups of 8 rows per task and per row block */
+        j->rows_per_task = TP_ALIGN_UP(j->rows_per_task, 8);
+        j->row_block = TP_ALIGN_UP(j->row_block, 8);
     }
-    struct cpu_backend *c = b->impl;
+    return (w->n_out + j->rows_per_task - 1) / j->rows_per_task;
+}
+
+/* The row tasks of up to KOPS_MATMUL_N weights on the same activations, as one run. */
+struct mm_multi {
+    struct mm_job *jobs;
+    int64_t first[KOPS_MATMUL_N + 1]; /* task index where weight i's tasks start */
+    int n;
+};
+
+static void mm_multi_task(void *arg, int64_t i, int64_t n) {
+    const struct mm_multi *m = arg;
+    int k = 0;
+    while (i >= m->first[k + 1]) k++;
+    mm_rows_task(&m->jobs[k], i - m->first[k], n);
+}
+
+/* ys[i] = ws[i] x for i < n, all of one type and n_in (checked by the callers). Activations
+ * are quantized into the backend's scratch once per chunk of tokens (what the scratch
+ * holds); when the scratch cannot hold even one row (opts.max_in smaller than n_in) a
+ * temporary buffer is allocated, and if that fails the outputs are filled with NaN. */
+static void mm_run(struct cpu_backend *c, int n, float *const ys[], const struct kmat *const ws[], const float *x,
+                   int64_t n_tok) {
+    const struct kmat *w0 = ws[0];
     /* the backend chose (and checked) the level at creation; CPUID is not asked per
      * call, it traps to the hypervisor in a VM */
     const enum ksimd level = c->simd;
-    struct mm_job j = {.w = w, .fmt = kact_fmt_of(w->type), .dot = mm_kernel(level, w->type)};
-    if (!j.dot) return; /* not a weight type: callers validated types at load */
-    j.quant = level >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;
-    const size_t row_bytes = kact_layout(j.fmt, w->n_in, &j.act);
-    j.act.stride = row_bytes;
+    struct mm_job jobs[KOPS_MATMUL_N];
+    struct mm_multi multi = {.jobs = jobs, .n = n};
+    const int n_threads = c->pool ? TP_MAX(1, c->n_threads) : 1;
+    for (int k = 0; k < n; k++) {
+        jobs[k] = (struct mm_job){.w = ws[k], .fmt = kact_fmt_of(w0->type), .dot = mm_kernel(level, w0->type)};
+        if (!jobs[k].dot) return; /* not a weight type: callers validated types at load */
+        jobs[k].quant = level >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;
+        jobs[k].act.stride = kact_layout(jobs[k].fmt, w0->n_in, &jobs[k].act);
+        multi.first[k + 1] = multi.first[k] + mm_plan_rows(&jobs[k], n_threads);
+    }
+    struct mm_job *j = &jobs[0]; /* quantizes for all */
+    const size_t row_bytes = j->act.stride;
 
     /* tokens per chunk: what the scratch holds */
     void *tmp = NULL;
     uint8_t *scratch = c->act_q;
     int64_t chunk = n_tok;
-    if (j.fmt != KACT_F32) {
+    if (j->fmt != KACT_F32) {
         chunk = c->act_q && row_bytes ? (int64_t)TP_MIN((size_t)n_tok, c->act_q_bytes / row_bytes) : 0;
         if (chunk == 0) {
             chunk = TP_MIN(n_tok, 64);
             tmp = aligned_alloc(64, row_bytes * (size_t)chunk);
             if (!tmp) {
-                for (int64_t i = 0; i < n_tok * w->n_out; i++) y[i] = NAN;
+                for (int k = 0; k < n; k++)
+                    for (int64_t i = 0; i < n_tok * ws[k]->n_out; i++) ys[k][i] = NAN;
                 return;
             }
             scratch = tmp;
         }
     }
 
-    const int n_threads = c->pool ? TP_MAX(1, c->n_threads) : 1;
-    int64_t tasks = TP_MIN((w->n_out + MM_MIN_ROWS - 1) / MM_MIN_ROWS, (int64_t)n_threads * MM_TASKS_PER_THREAD);
-    if (n_threads == 1) tasks = 1;
-    tasks = TP_MAX(tasks, 1);
-    j.rows_per_task = (w->n_out + tasks - 1) / tasks;
-    j.row_block = TP_MAX((int64_t)1, (int64_t)(MM_L2_BUDGET / TP_MAX(w->row_stride, (size_t)1)));
-    if (w->layout == KMAT_Q4_0X8) { /* whole groups of 8 rows per task and per row block */
-        j.rows_per_task = TP_ALIGN_UP(j.rows_per_task, 8);
-        j.row_block = TP_ALIGN_UP(j.row_block, 8);
-    }
-    const int64_t n_tasks = (w->n_out + j.rows_per_task - 1) / j.rows_per_task;
-
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
-        j.n_tok = TP_MIN(chunk, n_tok - t0);
-        j.x = x + t0 * w->n_in;
-        j.y = y + t0 * w->n_out;
-        if (j.fmt == KACT_F32) {
-            j.act.base = (const uint8_t *)j.x;
-            j.act.stride = (size_t)w->n_in * sizeof(float);
+        j->n_tok = TP_MIN(chunk, n_tok - t0);
+        j->x = x + t0 * w0->n_in;
+        if (j->fmt == KACT_F32) {
+            j->act.base = (const uint8_t *)j->x;
+            j->act.stride = (size_t)w0->n_in * sizeof(float);
         } else {
-            j.act.base = scratch;
-            int64_t qtasks = j.n_tok >= 8 ? TP_MIN((int64_t)n_threads, j.n_tok) : 1;
-            j.toks_per_task = (j.n_tok + qtasks - 1) / qtasks;
-            run_tasks(c, mm_quant_task, &j, (j.n_tok + j.toks_per_task - 1) / j.toks_per_task);
+            j->act.base = scratch;
+            int64_t qtasks = j->n_tok >= 8 ? TP_MIN((int64_t)n_threads, j->n_tok) : 1;
+            j->toks_per_task = (j->n_tok + qtasks - 1) / qtasks;
+            run_tasks(c, mm_quant_task, j, (j->n_tok + j->toks_per_task - 1) / j->toks_per_task);
         }
-        run_tasks(c, mm_rows_task, &j, n_tasks);
+        for (int k = 0; k < n; k++) {
+            jobs[k].n_tok = j->n_tok, jobs[k].x = j->x, jobs[k].act = j->act;
+            jobs[k].y = ys[k] + t0 * ws[k]->n_out;
+        }
+        if (n == 1) run_tasks(c, mm_rows_task, j, multi.first[1]);
+        else run_tasks(c, mm_multi_task, &multi, multi.first[n]);
     }
     free(tmp);
+}
+
+/* y[t][o] = sum_i W[o][i] x[t][i] for t < n_tok (see kernels.h). */
+void cpu_matmul(struct kbackend *b, float *y, const struct kmat *w, const float *x, int64_t n_tok) {
+    if (n_tok <= 0 || w->n_out <= 0) return;
+    if (w->n_in <= 0) {
+        for (int64_t t = 0; t < n_tok; t++) memset(y + t * w->n_out, 0, (size_t)w->n_out * sizeof *y);
+        return;
+    }
+    float *const ys[1] = {y};
+    const struct kmat *const ws[1] = {w};
+    mm_run(b->impl, 1, ys, ws, x, n_tok);
+}
+
+/* kops.matmul_n: one pass when the weights share type and width, else one matmul each. */
+void cpu_matmul_n(struct kbackend *b, int n, float *const ys[], const struct kmat *const ws[], const float *x,
+                  int64_t n_tok) {
+    bool same = n >= 1 && n <= KOPS_MATMUL_N && n_tok > 0;
+    for (int k = 0; same && k < n; k++)
+        same = ws[k]->type == ws[0]->type && ws[k]->n_in == ws[0]->n_in && ws[k]->n_in > 0 && ws[k]->n_out > 0;
+    if (!same) {
+        for (int k = 0; k < n; k++) cpu_matmul(b, ys[k], ws[k], x, n_tok);
+        return;
+    }
+    mm_run(b->impl, n, ys, ws, x, n_tok);
 }
 
 /* out[t][:] = row ids[t] of `table` dequantized (ids already validated by the caller). */

@@ -182,6 +182,7 @@ const struct kops cuda_ops = {
     .download = op_download,
     .sync = op_sync,
     .matmul = cuda_matmul,
+    .matmul_n = nullptr, /* one cuda_matmul per weight */
     .matmul_f64 = cuda_matmul_f64,
     .prepare_weight = nullptr, /* weights stay in the GGUF layout on the GPU */
     .reduce_f64 = cuda_reduce_f64,

@@ -547,6 +547,70 @@ Test(matmul, q4_0_groups_of_8_rows_give_the_bits_of_the_gguf_layout) {
     tpool_free(pool);
 }
 
+/* cpu_matmul_n (Q, K, V and gate, up in one pass) gives the bits of one cpu_matmul per
+ * weight: weights of one type and width (Q4_0 repacked or not, Q8_0, Q4_K, F16), of
+ * different row counts, n_tok 1..9, 1 and 2 threads; and weights of different types (the
+ * fallback to separate calls). */
+Test(matmul, matmul_n_gives_the_bits_of_separate_matmuls) {
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    tp_err e = {0};
+    struct tpool *pool = NULL;
+    cr_assert_eq(tpool_create(&pool, 2, &e), 0, "tpool_create: %s", e.msg);
+    const enum ksimd best = cpu_simd_detect() >= KSIMD_AVX2 ? KSIMD_AVX2 : KSIMD_SCALAR;
+    static const enum dtype types[] = {DTYPE_Q4_0, DTYPE_Q8_0, DTYPE_Q4_K, DTYPE_F16};
+    static const int64_t outs[3] = {64, 21, 16};
+    for (size_t ti = 0; ti <= TP_ARRAY_LEN(types); ti++) {
+        const bool mixed = ti == TP_ARRAY_LEN(types);
+        const int64_t n_in = 512;
+        struct tu_wmat w[3];
+        struct kmat m[3];
+        void *data[3];
+        struct tback bp;
+        tback_init(&bp, best, NULL, 1, 0);
+        for (int k = 0; k < 3; k++) {
+            const enum dtype t = mixed ? types[k] : types[ti];
+            tu_wmat_make(&w[k], &r, t, outs[k], n_in, 0, 0, k == 1);
+            const size_t bytes = (size_t)outs[k] * w[k].m.row_stride;
+            data[k] = malloc(bytes);
+            memcpy(data[k], w[k].m.data, bytes);
+            m[k] = w[k].m;
+            m[k].data = data[k];
+            cpu_prepare_weight(&bp.kb, &m[k]); /* Q4_0: grouped where the CPU has AVX2 */
+        }
+        for (int64_t n_tok = 1; n_tok <= 9; n_tok++) {
+            float *x = random_x(&r, n_tok * n_in);
+            float *want[3], *got[3];
+            for (int k = 0; k < 3; k++) {
+                want[k] = malloc((size_t)(n_tok * outs[k]) * sizeof(float));
+                got[k] = malloc((size_t)(n_tok * outs[k]) * sizeof(float));
+            }
+            for (int th = 1; th <= 2; th++) {
+                struct tback b;
+                tback_init(&b, best, th == 2 ? pool : NULL, th, scratch_for(9, n_in));
+                for (int k = 0; k < 3; k++) cpu_matmul(&b.kb, want[k], &m[k], x, n_tok);
+                float *const ys[3] = {got[0], got[1], got[2]};
+                const struct kmat *const ws[3] = {&m[0], &m[1], &m[2]};
+                cpu_matmul_n(&b.kb, 3, ys, ws, x, n_tok);
+                for (int k = 0; k < 3; k++)
+                    cr_assert(!memcmp(got[k], want[k], (size_t)(n_tok * outs[k]) * sizeof(float)),
+                              "%s: weight %d (%s, %lld rows), n_tok %lld, %d threads: matmul_n differs from matmul",
+                              mixed ? "mixed types" : dtype_name(types[ti]), k, dtype_name(m[k].type),
+                              (long long)outs[k], (long long)n_tok, th);
+                tback_free(&b);
+            }
+            for (int k = 0; k < 3; k++) free(want[k]), free(got[k]);
+            free(x);
+        }
+        for (int k = 0; k < 3; k++) {
+            tu_wmat_free(&w[k]);
+            free(data[k]);
+        }
+        tback_free(&bp);
+    }
+    tpool_free(pool);
+}
+
 Test(matmul, empty_extents_write_nothing) {
     tu_rng r;
     tu_rng_init(&r, tu_seed());
