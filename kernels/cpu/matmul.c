@@ -21,8 +21,6 @@
 #include "q4_0x8.h"
 #include "simd_dot.h"
 
-/* Weights of this many bytes (a row block) are kept hot in L2 while the token tiles pass. */
-enum { MM_L2_BUDGET = 256 * 1024, MM_MIN_ROWS = 16, MM_TASKS_PER_THREAD = 4 };
 
 /* ------------------------------------------------------------------ SIMD level */
 
@@ -182,22 +180,6 @@ static void mm_rows_task(void *arg, int64_t i, int64_t n) {
     }
 }
 
-/* Row tasks of one weight: rows per task (whole groups of 8 rows for KMAT_Q4_0X8) and row
- * blocks; returns the number of tasks. */
-static int64_t mm_plan_rows(struct mm_job *j, int n_threads) {
-    const struct kmat *w = j->w;
-    int64_t tasks = TP_MIN((w->n_out + MM_MIN_ROWS - 1) / MM_MIN_ROWS, (int64_t)n_threads * MM_TASKS_PER_THREAD);
-    if (n_threads == 1) tasks = 1;
-    tasks = TP_MAX(tasks, 1);
-    j->rows_per_task = (w->n_out + tasks - 1) / tasks;
-    j->row_block = TP_MAX((int64_t)1, (int64_t)(MM_L2_BUDGET / TP_MAX(w->row_stride, (size_t)1)));
-    if (w->layout == KMAT_Q4_0X8) { /* whole groups of 8 rows per task and per row block */
-        j->rows_per_task = TP_ALIGN_UP(j->rows_per_task, 8);
-        j->row_block = TP_ALIGN_UP(j->row_block, 8);
-    }
-    return (w->n_out + j->rows_per_task - 1) / j->rows_per_task;
-}
-
 /* The row tasks of up to KOPS_MATMUL_N weights on the same activations, as one run. */
 struct mm_multi {
     struct mm_job *jobs;
@@ -230,7 +212,7 @@ static void mm_run(struct cpu_backend *c, int n, float *const ys[], const struct
         if (!jobs[k].dot) return; /* not a weight type: callers validated types at load */
         jobs[k].quant = level >= KSIMD_AVX2 ? kact_quantize_avx2 : kact_quantize_scalar;
         jobs[k].act.stride = kact_layout(jobs[k].fmt, w0->n_in, &jobs[k].act);
-        multi.first[k + 1] = multi.first[k] + mm_plan_rows(&jobs[k], n_threads);
+        multi.first[k + 1] = multi.first[k] + kmat_row_tasks(ws[k], n_threads, &jobs[k].rows_per_task, &jobs[k].row_block);
     }
     struct mm_job *j = &jobs[0]; /* quantizes for all */
     const size_t row_bytes = j->act.stride;
@@ -269,8 +251,7 @@ static void mm_run(struct cpu_backend *c, int n, float *const ys[], const struct
             jobs[k].n_tok = j->n_tok, jobs[k].x = j->x, jobs[k].act = j->act;
             jobs[k].y = ys[k] + t0 * ws[k]->n_out;
         }
-        if (n == 1) run_tasks(c, mm_rows_task, j, multi.first[1]);
-        else run_tasks(c, mm_multi_task, &multi, multi.first[n]);
+        run_tasks(c, mm_multi_task, &multi, multi.first[n]);
     }
     free(tmp);
 }

@@ -25,13 +25,10 @@
 #include "dot_gran.h"
 #include "q4_0x8.h"
 
-/* Budgets of the cache blocking: weights of a row block (L2), activations of a column
- * slice of KDOT_NT tokens (L1). */
+/* The granule table's size, and the cache budget of a column slice of KDOT_NT tokens'
+ * activations (L1); rows are split as cpu_matmul splits them (kmat_row_tasks). */
 enum {
-    F64_MIN_ROWS = 16,
-    F64_TASKS_PER_THREAD = 4,
     F64_MAX_GRANULES = 256,
-    F64_L2_BUDGET = 256 * 1024,
     F64_L1_BUDGET = 32 * 1024,
 };
 
@@ -144,17 +141,7 @@ void cpu_matmul_f64(struct kbackend *b, double *y, const struct kmat *w, const f
         }
     }
     const int n_threads = c->pool ? TP_MAX(1, c->n_threads) : 1;
-    int64_t tasks = n_threads == 1 ? 1
-                                   : TP_MIN((w->n_out + F64_MIN_ROWS - 1) / F64_MIN_ROWS,
-                                            (int64_t)n_threads * F64_TASKS_PER_THREAD);
-    tasks = TP_MAX(tasks, 1);
-    j->rows_per_task = (w->n_out + tasks - 1) / tasks;
-    j->row_block = TP_MAX((int64_t)1, (int64_t)(F64_L2_BUDGET / TP_MAX(w->row_stride, (size_t)1)));
-    if (w->layout == KMAT_Q4_0X8) { /* whole groups of 8 rows per task and per row block */
-        j->rows_per_task = TP_ALIGN_UP(j->rows_per_task, 8);
-        j->row_block = TP_ALIGN_UP(j->row_block, 8);
-    }
-    int64_t n_tasks = (w->n_out + j->rows_per_task - 1) / j->rows_per_task;
+    const int64_t n_tasks = kmat_row_tasks(w, n_threads, &j->rows_per_task, &j->row_block);
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         j->n_tok = TP_MIN(chunk, n_tok - t0);
         j->x = x + t0 * w->n_in;

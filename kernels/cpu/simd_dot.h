@@ -78,6 +78,22 @@ static inline const int32_t *kact_sv(const struct kact_rows *a, int64_t t) {
     return (const int32_t *)(a->base + (size_t)t * a->stride + a->off_sv);
 }
 
+/* How cpu_matmul and cpu_matmul_f64 split a weight's rows over the thread pool: at least
+ * 16 rows and at most 4 tasks per thread, rows in blocks whose weights stay in L2 (256 KiB);
+ * KMAT_Q4_0X8 weights in whole groups of 8 rows per task and per block. Sets *rows_per_task
+ * and *row_block and returns the number of tasks. */
+static inline int64_t kmat_row_tasks(const struct kmat *w, int n_threads, int64_t *rows_per_task, int64_t *row_block) {
+    int64_t tasks = n_threads <= 1 ? 1 : TP_MIN((w->n_out + 15) / 16, (int64_t)n_threads * 4);
+    tasks = TP_MAX(tasks, 1);
+    *rows_per_task = (w->n_out + tasks - 1) / tasks;
+    *row_block = TP_MAX((int64_t)1, (int64_t)((256 * 1024) / TP_MAX(w->row_stride, (size_t)1)));
+    if (w->layout == KMAT_Q4_0X8) {
+        *rows_per_task = TP_ALIGN_UP(*rows_per_task, 8);
+        *row_block = TP_ALIGN_UP(*row_block, 8);
+    }
+    return (w->n_out + *rows_per_task - 1) / *rows_per_task;
+}
+
 /* Quantizes x[0..n) into one activation row at `row` (laid out as kact_layout says).
  * The scalar and AVX2 versions give identical bytes. */
 typedef void (*kact_quant_fn)(enum kact_fmt f, const float *x, int64_t n, uint8_t *row, const struct kact_rows *lay);

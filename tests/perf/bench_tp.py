@@ -75,7 +75,6 @@ def main():
                 env = dict(os.environ, **extra)
                 t0 = time.time()
                 out = run_bench(cmd, env)
-                rows = {x["test"]: x for x in out["results"]}
                 pp = next(x for x in out["results"] if x["n_gen"] <= 1)
                 tg = next(x for x in out["results"] if x["n_gen"] > 1)
                 res[name]["pp"].append(pp["tok_s"])
@@ -83,7 +82,6 @@ def main():
                 res[name]["comm"].append(tg.get("comm_ms_per_step") or 0.0)
                 print(f"  [{r + 1}/{a.repeat}] {name}: pp {pp['tok_s']:.1f}, tg {tg['tok_s']:.2f} tok/s "
                       f"({time.time() - t0:.0f} s)", flush=True)
-                del rows
     finally:
         if a.netns:
             subprocess.run([harness, "down"], capture_output=True)
